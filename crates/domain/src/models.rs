@@ -1,0 +1,20 @@
+//! Entities and value types. Value types parse rather than validate: once you hold a
+//! `CallSid`, it is a valid one.
+
+mod call;
+mod call_sid;
+mod conversation_id;
+mod phone_number;
+mod transcription;
+
+pub use call::{Call, CallStatus, NewCall, UnknownCallStatus};
+pub use call_sid::{CallSid, CallSidError};
+pub use conversation_id::{ConversationId, ConversationIdError};
+pub use phone_number::{InvalidPhoneNumber, PhoneNumber, mask};
+pub use transcription::{
+    CallTranscription, NewTurn, Speaker, SpeakerType, TurnParseError, UnknownSpeaker,
+    parse_timestamp,
+};
+
+/// Identifiers are stored in `varchar(255)` columns.
+pub(crate) const MAX_ID_LEN: usize = 255;

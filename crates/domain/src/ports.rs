@@ -1,0 +1,130 @@
+//! Ports: what the domain needs from the outside world. Every trait is object safe
+//! (`Arc<dyn CallRepository>`), `Send + Sync`, and mockable with the `mocks` feature.
+//! Adapters translate their own errors into the error types defined here.
+
+use time::OffsetDateTime;
+
+use crate::models::{
+    Call, CallSid, CallStatus, CallTranscription, ConversationId, NewCall, NewTurn,
+};
+
+pub mod telephony;
+
+pub use telephony::{OutboundCall, PlacedCall, Telephony, TelephonyError};
+
+/// Boxed cause carried by the catch-all variants, so chains are kept (never a `String`).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RepositoryError {
+    /// No Call has this call_sid.
+    #[error("call not found")]
+    NotFound,
+    /// The Call exists but has no conversation_id yet (or never will, if it failed).
+    #[error("call has no conversation_id (status {status})")]
+    Incomplete { status: CallStatus },
+    /// A unique key (call_sid or conversation_id) already belongs to another Call.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The database could not be reached, even after the adapter's bounded retries.
+    #[error("database unavailable")]
+    Unavailable(#[source] BoxError),
+    /// Anything else: a bug or a broken invariant.
+    #[error("unexpected repository error")]
+    Unexpected(#[source] BoxError),
+}
+
+/// Ids of a stored turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredTurn {
+    pub transcription_id: i64,
+    pub sequence_number: i32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppendOutcome {
+    /// A new row was written with the next sequence number.
+    Created(StoredTurn),
+    /// The same turn was stored before; nothing was written.
+    Duplicate(StoredTurn),
+}
+
+impl AppendOutcome {
+    pub fn stored(&self) -> StoredTurn {
+        match self {
+            Self::Created(t) | Self::Duplicate(t) => *t,
+        }
+    }
+}
+
+/// Persistence of Calls and their transcript turns.
+///
+/// Implementations retry transient failures (lost connection, serialization failure,
+/// deadlock, pool timeout) a bounded number of times, only where a retry cannot
+/// duplicate work, and then return [`RepositoryError::Unavailable`].
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+#[async_trait::async_trait]
+pub trait CallRepository: Send + Sync + 'static {
+    /// Writes a new Call, `in_progress`, with no conversation_id.
+    ///
+    /// # Errors
+    /// MUST return [`RepositoryError::Conflict`] when the call_sid already exists.
+    async fn create_call(&self, new: &NewCall) -> Result<Call, RepositoryError>;
+
+    async fn get_by_call_sid(&self, call_sid: &CallSid) -> Result<Option<Call>, RepositoryError>;
+
+    async fn get_by_conversation_id(
+        &self,
+        conversation_id: &ConversationId,
+    ) -> Result<Option<Call>, RepositoryError>;
+
+    /// Stores ElevenLabs' conversation_id on the Call. Setting the same value again is a no-op.
+    ///
+    /// # Errors
+    /// [`RepositoryError::NotFound`] for an unknown call_sid; [`RepositoryError::Conflict`]
+    /// when the Call already has another conversation_id or another Call has this one.
+    async fn set_conversation_id(
+        &self,
+        call_sid: &CallSid,
+        conversation_id: &ConversationId,
+    ) -> Result<Call, RepositoryError>;
+
+    /// Sets the status, the end time and the failure reason (all three as given).
+    ///
+    /// # Errors
+    /// [`RepositoryError::NotFound`] for an unknown call_sid.
+    async fn set_status(
+        &self,
+        call_sid: &CallSid,
+        status: CallStatus,
+        call_end_time: Option<OffsetDateTime>,
+        failure_reason: Option<String>,
+    ) -> Result<Call, RepositoryError>;
+
+    /// Resolves call_sid → conversation_id; `None` while the Call has none.
+    ///
+    /// # Errors
+    /// [`RepositoryError::NotFound`] for an unknown call_sid.
+    async fn conversation_id_for(
+        &self,
+        call_sid: &CallSid,
+    ) -> Result<Option<ConversationId>, RepositoryError>;
+
+    /// The Call's turns in sequence order (empty while it has no conversation_id).
+    ///
+    /// # Errors
+    /// [`RepositoryError::NotFound`] for an unknown call_sid.
+    async fn list_turns(&self, call_sid: &CallSid) -> Result<Vec<CallTranscription>, RepositoryError>;
+
+    /// Appends a turn to the Call's transcript in one transaction: the next sequence
+    /// number (gapless 1..N per call, race-free across connections and processes), or,
+    /// when the same speaker, timestamp and text were stored before, the stored ids.
+    ///
+    /// # Errors
+    /// [`RepositoryError::NotFound`] for an unknown call_sid;
+    /// [`RepositoryError::Incomplete`] for a Call without conversation_id.
+    async fn append_turn(&self, turn: &NewTurn) -> Result<AppendOutcome, RepositoryError>;
+
+    /// Checks that the database answers (readiness).
+    async fn ping(&self) -> Result<(), RepositoryError>;
+}
