@@ -1,0 +1,352 @@
+use async_trait::async_trait;
+use calls_domain::{
+    AppendOutcome, Call, CallRepository, CallSid, CallStatus, CallTranscription, ConversationId,
+    NewCall, NewTurn, RepositoryError, StoredTurn,
+};
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use time::OffsetDateTime;
+
+use crate::errors::{DbError, is_unique_violation};
+use crate::models::{CallRow, NewCallRow, NewTranscriptionRow, TranscriptionRow};
+use crate::pool::DbPool;
+use crate::retry::RetryPolicy;
+use crate::schema::{call_transcriptions, calls};
+
+/// `CallRepository` on PostgreSQL.
+#[derive(Clone)]
+pub struct PgCallRepository {
+    pool: DbPool,
+    retry: RetryPolicy,
+}
+
+impl PgCallRepository {
+    pub fn new(pool: DbPool, retry: RetryPolicy) -> Self {
+        Self { pool, retry }
+    }
+
+    pub fn pool(&self) -> &DbPool {
+        &self.pool
+    }
+
+    async fn conn(
+        &self,
+    ) -> Result<diesel_async::pooled_connection::deadpool::Object<AsyncPgConnection>, DbError> {
+        Ok(self.pool.inner.get().await?)
+    }
+}
+
+/// PostgreSQL keeps microseconds; truncating first makes what we return equal what we stored.
+fn micros(t: OffsetDateTime) -> OffsetDateTime {
+    t.replace_nanosecond(t.nanosecond() / 1_000 * 1_000).unwrap_or(t)
+}
+
+async fn find_by_call_sid(
+    conn: &mut AsyncPgConnection,
+    call_sid: &str,
+) -> Result<Option<CallRow>, DbError> {
+    Ok(calls::table
+        .filter(calls::call_sid.eq(call_sid))
+        .select(CallRow::as_select())
+        .first(conn)
+        .await
+        .optional()?)
+}
+
+fn to_call(row: CallRow) -> Result<Call, DbError> {
+    Ok(Call::try_from(row)?)
+}
+
+#[async_trait]
+impl CallRepository for PgCallRepository {
+    #[tracing::instrument(skip_all, fields(call_sid = %new.call_sid))]
+    async fn create_call(&self, new: &NewCall) -> Result<Call, RepositoryError> {
+        let start = micros(new.call_start_time);
+        self.retry
+            .run("create_call", |attempt| async move {
+                let mut conn = self.conn().await?;
+                let now = OffsetDateTime::now_utc();
+                let row = NewCallRow {
+                    call_sid: new.call_sid.as_str(),
+                    driver_id: new.driver_id,
+                    call_start_time: start,
+                    status: CallStatus::InProgress.as_str(),
+                    created_at: now,
+                    updated_at: now,
+                };
+                let inserted = diesel::insert_into(calls::table)
+                    .values(&row)
+                    .returning(CallRow::as_returning())
+                    .get_result(&mut conn)
+                    .await
+                    .map_err(DbError::from);
+                match inserted {
+                    Ok(row) => to_call(row),
+                    Err(e) => match is_unique_violation(&e) {
+                        Some(constraint) => {
+                            // A retry after a lost commit finds our own row: that is success.
+                            if attempt > 1 {
+                                if let Some(existing) =
+                                    find_by_call_sid(&mut conn, new.call_sid.as_str()).await?
+                                {
+                                    if existing.driver_id == new.driver_id
+                                        && existing.call_start_time == start
+                                    {
+                                        return to_call(existing);
+                                    }
+                                }
+                            }
+                            Err(RepositoryError::Conflict(format!(
+                                "call_sid {} already exists ({constraint})",
+                                new.call_sid
+                            ))
+                            .into())
+                        }
+                        None => Err(e),
+                    },
+                }
+            })
+            .await
+    }
+
+    async fn get_by_call_sid(&self, call_sid: &CallSid) -> Result<Option<Call>, RepositoryError> {
+        self.retry
+            .run("get_by_call_sid", |_| async move {
+                let mut conn = self.conn().await?;
+                find_by_call_sid(&mut conn, call_sid.as_str())
+                    .await?
+                    .map(to_call)
+                    .transpose()
+            })
+            .await
+    }
+
+    async fn get_by_conversation_id(
+        &self,
+        conversation_id: &ConversationId,
+    ) -> Result<Option<Call>, RepositoryError> {
+        self.retry
+            .run("get_by_conversation_id", |_| async move {
+                let mut conn = self.conn().await?;
+                calls::table
+                    .filter(calls::conversation_id.eq(conversation_id.as_str()))
+                    .select(CallRow::as_select())
+                    .first(&mut conn)
+                    .await
+                    .optional()?
+                    .map(to_call)
+                    .transpose()
+            })
+            .await
+    }
+
+    #[tracing::instrument(skip_all, fields(call_sid = %call_sid))]
+    async fn set_conversation_id(
+        &self,
+        call_sid: &CallSid,
+        conversation_id: &ConversationId,
+    ) -> Result<Call, RepositoryError> {
+        self.retry
+            .run("set_conversation_id", |_| async move {
+                let mut conn = self.conn().await?;
+                // Only fills an empty slot (or re-sets the same value): idempotent, so retryable.
+                let updated = diesel::update(
+                    calls::table.filter(calls::call_sid.eq(call_sid.as_str())).filter(
+                        calls::conversation_id
+                            .is_null()
+                            .or(calls::conversation_id.eq(conversation_id.as_str())),
+                    ),
+                )
+                .set((
+                    calls::conversation_id.eq(conversation_id.as_str()),
+                    calls::updated_at.eq(OffsetDateTime::now_utc()),
+                ))
+                .returning(CallRow::as_returning())
+                .get_result(&mut conn)
+                .await
+                .optional();
+                match updated {
+                    Ok(Some(row)) => to_call(row),
+                    Ok(None) => match find_by_call_sid(&mut conn, call_sid.as_str()).await? {
+                        None => Err(RepositoryError::NotFound.into()),
+                        Some(row) => Err(RepositoryError::Conflict(format!(
+                            "call {call_sid} already has conversation_id {}",
+                            row.conversation_id.unwrap_or_default()
+                        ))
+                        .into()),
+                    },
+                    Err(e) => {
+                        let e = DbError::from(e);
+                        match is_unique_violation(&e) {
+                            Some(_) => Err(RepositoryError::Conflict(format!(
+                                "conversation_id {conversation_id} belongs to another call"
+                            ))
+                            .into()),
+                            None => Err(e),
+                        }
+                    }
+                }
+            })
+            .await
+    }
+
+    #[tracing::instrument(skip_all, fields(call_sid = %call_sid, status = %status))]
+    async fn set_status(
+        &self,
+        call_sid: &CallSid,
+        status: CallStatus,
+        call_end_time: Option<OffsetDateTime>,
+        failure_reason: Option<String>,
+    ) -> Result<Call, RepositoryError> {
+        let end = call_end_time.map(micros);
+        let reason = failure_reason.as_deref();
+        self.retry
+            .run("set_status", |_| async move {
+                let mut conn = self.conn().await?;
+                diesel::update(calls::table.filter(calls::call_sid.eq(call_sid.as_str())))
+                    .set((
+                        calls::status.eq(status.as_str()),
+                        calls::call_end_time.eq(end),
+                        calls::failure_reason.eq(reason),
+                        calls::updated_at.eq(OffsetDateTime::now_utc()),
+                    ))
+                    .returning(CallRow::as_returning())
+                    .get_result(&mut conn)
+                    .await
+                    .optional()?
+                    .map(to_call)
+                    .unwrap_or(Err(RepositoryError::NotFound.into()))
+            })
+            .await
+    }
+
+    async fn conversation_id_for(
+        &self,
+        call_sid: &CallSid,
+    ) -> Result<Option<ConversationId>, RepositoryError> {
+        Ok(self
+            .get_by_call_sid(call_sid)
+            .await?
+            .ok_or(RepositoryError::NotFound)?
+            .conversation_id)
+    }
+
+    async fn list_turns(&self, call_sid: &CallSid) -> Result<Vec<CallTranscription>, RepositoryError> {
+        self.retry
+            .run("list_turns", |_| async move {
+                let mut conn = self.conn().await?;
+                let conversation: Option<Option<String>> = calls::table
+                    .filter(calls::call_sid.eq(call_sid.as_str()))
+                    .select(calls::conversation_id)
+                    .first(&mut conn)
+                    .await
+                    .optional()?;
+                let Some(conversation) = conversation else {
+                    return Err(RepositoryError::NotFound.into());
+                };
+                let Some(conversation) = conversation else {
+                    return Ok(Vec::new());
+                };
+                let rows: Vec<TranscriptionRow> = call_transcriptions::table
+                    .filter(call_transcriptions::conversation_id.eq(conversation))
+                    .order(call_transcriptions::sequence_number.asc())
+                    .select(TranscriptionRow::as_select())
+                    .load(&mut conn)
+                    .await?;
+                rows.into_iter()
+                    .map(|row| CallTranscription::try_from(row).map_err(DbError::from))
+                    .collect()
+            })
+            .await
+    }
+
+    #[tracing::instrument(skip_all, fields(call_sid = %turn.call_sid))]
+    async fn append_turn(&self, turn: &NewTurn) -> Result<AppendOutcome, RepositoryError> {
+        // The whole append is one transaction: on any failure it is rolled back, and a
+        // replay of a committed append is caught by the duplicate check. So it is retryable.
+        self.retry
+            .run("append_turn", |_| async move {
+                let mut conn = self.conn().await?;
+                conn.transaction(async |conn| append_in_transaction(conn, turn).await)
+                    .await
+            })
+            .await
+    }
+
+    async fn ping(&self) -> Result<(), RepositoryError> {
+        // No retries: readiness should report the database as it is now.
+        let attempt = async {
+            let mut conn = self.conn().await?;
+            diesel::sql_query("SELECT 1").execute(&mut conn).await?;
+            Ok::<_, DbError>(())
+        };
+        attempt.await.map_err(DbError::into_repository_error)
+    }
+}
+
+async fn append_in_transaction(
+    conn: &mut AsyncPgConnection,
+    turn: &NewTurn,
+) -> Result<AppendOutcome, DbError> {
+    // Lock the Call's row: appends for one call are serialized here, across connections,
+    // processes and server instances; appends for other calls do not wait.
+    let call: Option<(Option<String>, String)> = calls::table
+        .filter(calls::call_sid.eq(turn.call_sid.as_str()))
+        .select((calls::conversation_id, calls::status))
+        .for_no_key_update()
+        .first(conn)
+        .await
+        .optional()?;
+    let Some((conversation_id, status)) = call else {
+        return Err(RepositoryError::NotFound.into());
+    };
+    let Some(conversation_id) = conversation_id else {
+        let status = status
+            .parse()
+            .map_err(|e| RepositoryError::Unexpected(Box::new(e)))?;
+        return Err(RepositoryError::Incomplete { status }.into());
+    };
+    let speaker = turn.speaker.as_str();
+    let timestamp = micros(turn.timestamp);
+
+    let existing: Option<(i64, i32)> = call_transcriptions::table
+        .filter(call_transcriptions::conversation_id.eq(&conversation_id))
+        .filter(call_transcriptions::speaker_type.eq(speaker))
+        .filter(call_transcriptions::timestamp.eq(timestamp))
+        .filter(call_transcriptions::message_text.eq(&turn.message))
+        .select((call_transcriptions::id, call_transcriptions::sequence_number))
+        .first(conn)
+        .await
+        .optional()?;
+    if let Some((transcription_id, sequence_number)) = existing {
+        return Ok(AppendOutcome::Duplicate(StoredTurn {
+            transcription_id,
+            sequence_number,
+        }));
+    }
+
+    let last: Option<i32> = call_transcriptions::table
+        .filter(call_transcriptions::conversation_id.eq(&conversation_id))
+        .select(diesel::dsl::max(call_transcriptions::sequence_number))
+        .first(conn)
+        .await?;
+    let sequence_number = last.unwrap_or(0).checked_add(1).ok_or_else(|| {
+        RepositoryError::Unexpected("sequence number overflow".into())
+    })?;
+    let transcription_id = diesel::insert_into(call_transcriptions::table)
+        .values(NewTranscriptionRow {
+            conversation_id: &conversation_id,
+            speaker_type: speaker,
+            message_text: &turn.message,
+            timestamp,
+            sequence_number,
+            created_at: OffsetDateTime::now_utc(),
+        })
+        .returning(call_transcriptions::id)
+        .get_result(conn)
+        .await?;
+    Ok(AppendOutcome::Created(StoredTurn {
+        transcription_id,
+        sequence_number,
+    }))
+}

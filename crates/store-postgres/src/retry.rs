@@ -1,0 +1,100 @@
+use std::future::Future;
+use std::time::Duration;
+
+use calls_domain::RepositoryError;
+
+use crate::errors::DbError;
+
+/// Bounded retries with exponential backoff for transient database failures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included.
+    pub max_attempts: u32,
+    pub base_delay: Duration,
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 4,
+            base_delay: Duration::from_millis(50),
+            max_delay: Duration::from_millis(800),
+        }
+    }
+}
+
+impl RetryPolicy {
+    pub fn no_retries() -> Self {
+        Self {
+            max_attempts: 1,
+            ..Self::default()
+        }
+    }
+
+    fn delay(&self, attempt: u32) -> Duration {
+        let factor = 2u32.saturating_pow(attempt.saturating_sub(1));
+        self.base_delay.saturating_mul(factor).min(self.max_delay)
+    }
+
+    /// Runs `op` until it succeeds, fails for good, or the attempts run out. Only call this
+    /// for operations that are safe to repeat (idempotent, or rolled back on failure).
+    pub(crate) async fn run<T, F, Fut>(&self, op: &'static str, mut f: F) -> Result<T, RepositoryError>
+    where
+        F: FnMut(u32) -> Fut,
+        Fut: Future<Output = Result<T, DbError>>,
+    {
+        let mut attempt = 1;
+        loop {
+            match f(attempt).await {
+                Ok(value) => return Ok(value),
+                Err(e) if e.is_transient() && attempt < self.max_attempts => {
+                    let delay = self.delay(attempt);
+                    tracing::warn!(
+                        operation = op,
+                        attempt,
+                        delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                        error.message = %e,
+                        error.cause_chain = ?e,
+                        "transient database error; retrying"
+                    );
+                    metrics_hook(op);
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+                Err(e) => {
+                    if e.is_transient() {
+                        tracing::error!(operation = op, attempt, error.cause_chain = ?e, "database unavailable after retries");
+                    }
+                    return Err(e.into_repository_error());
+                }
+            }
+        }
+    }
+}
+
+/// Counts retries taken, for the metrics endpoint.
+static RETRIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn metrics_hook(_op: &'static str) {
+    RETRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Retries taken by every repository in this process since start.
+pub fn retries_taken() -> u64 {
+    RETRIES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let p = RetryPolicy::default();
+        assert_eq!(p.delay(1), Duration::from_millis(50));
+        assert_eq!(p.delay(2), Duration::from_millis(100));
+        assert_eq!(p.delay(3), Duration::from_millis(200));
+        assert_eq!(p.delay(10), Duration::from_millis(800));
+    }
+}
