@@ -142,7 +142,7 @@ async fn run(
         ..BackfillReport::default()
     };
     if options.dry_run {
-        report.preview = diesel::sql_query(format!("{BATCH_CTE} SELECT id, call_sid FROM ranked ORDER BY id"))
+        report.preview = diesel::sql_query(format!("{BATCH_CTE} SELECT id::bigint AS id, call_sid FROM ranked ORDER BY id"))
             .bind::<BigInt, _>(0_i64)
             .bind::<BigInt, _>(options.batch_size)
             .load::<Row>(conn)
@@ -162,7 +162,7 @@ async fn run(
     .await?;
     let update = format!(
         "{BATCH_CTE} UPDATE calls SET call_sid = ranked.call_sid FROM ranked \
-         WHERE calls.id = ranked.id AND calls.call_sid IS NULL RETURNING calls.id, calls.call_sid"
+         WHERE calls.id = ranked.id AND calls.call_sid IS NULL RETURNING calls.id::bigint AS id, calls.call_sid"
     );
     // Two passes: the second catches rows that appeared behind the cursor meanwhile.
     for _pass in 0..2 {

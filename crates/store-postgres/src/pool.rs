@@ -100,12 +100,18 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-/// SQL run on every new connection: the schema, and a name that shows in pg_stat_activity.
+/// SQL run on every new connection: the schema, and a name that shows in pg_stat_activity
+/// (`calls-server/<schema>`, so an operator can tell deployments apart).
 pub(crate) fn session_setup_sql(schema: &SchemaName) -> String {
     format!(
-        "SET search_path TO {}; SET application_name = 'calls-server'",
-        schema.quoted()
+        "SET search_path TO {}; SET application_name = '{}'",
+        schema.quoted(),
+        application_name(schema)
     )
+}
+
+pub fn application_name(schema: &SchemaName) -> String {
+    format!("calls-server/{}", schema.as_str())
 }
 
 /// Opens one connection with the session set up (used outside the pool, e.g. migrations).

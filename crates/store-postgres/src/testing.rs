@@ -103,6 +103,27 @@ impl TestDatabase {
             .unwrap_or_else(|e| panic!("test connection: {e}"))
     }
 
+    /// Terminates every server connection of this schema's pools (like an admin or a
+    /// failover would), from a connection of its own; returns how many were killed.
+    pub async fn terminate_connections(&self) -> usize {
+        let mut admin = AsyncPgConnection::establish(&self.config.url)
+            .await
+            .unwrap_or_else(|e| panic!("admin connection: {e}"));
+        #[derive(QueryableByName)]
+        struct Killed {
+            #[diesel(sql_type = diesel::sql_types::Bool)]
+            killed: bool,
+        }
+        let rows: Vec<Killed> = diesel::sql_query(
+            "SELECT pg_terminate_backend(pid) AS killed FROM pg_stat_activity WHERE application_name = $1",
+        )
+        .bind::<Text, _>(crate::application_name(self.schema()))
+        .load(&mut admin)
+        .await
+        .unwrap_or_else(|e| panic!("terminate: {e}"));
+        rows.iter().filter(|r| r.killed).count()
+    }
+
     pub async fn execute(&self, sql: &str) {
         self.conn()
             .await
