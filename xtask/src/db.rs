@@ -707,6 +707,42 @@ mod tests {
     }
 
     #[test]
+    fn explains_which_directory_locks_the_postgres_user_out() {
+        // Only root switches users; elsewhere there is nothing to check.
+        if !is_root() {
+            return;
+        }
+        let top = env::temp_dir().join(format!("xtask-locked-{}", std::process::id()));
+        let locked = top.join("locked");
+        let base = locked.join("xtask-pg");
+        assert!(fs::create_dir_all(&base).is_ok());
+        assert!(fs::set_permissions(&top, fs::Permissions::from_mode(0o755)).is_ok());
+        assert!(fs::set_permissions(&locked, fs::Permissions::from_mode(0o700)).is_ok());
+        let base_str = base.to_string_lossy().into_owned();
+        let cluster = Cluster {
+            layout: Layout {
+                data: format!("{base_str}/data"),
+                log: format!("{base_str}/postgres.log"),
+                base: base_str,
+                port: DEFAULT_PG_PORT,
+            },
+            bin: PathBuf::from("/nonexistent"),
+            run_as: Some("nobody".to_string()),
+        };
+        let result = cluster.hand_over_to("nobody");
+        let _ = fs::remove_dir_all(&top);
+        let Err(e) = result else {
+            panic!("nobody should not be able to enter a 0700 root directory");
+        };
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&format!("chmod o+x {}", locked.display())),
+            "{msg}"
+        );
+        assert!(msg.contains("DATABASE_URL"), "{msg}");
+    }
+
+    #[test]
     fn tail_keeps_the_last_lines() {
         let dir = env::temp_dir().join(format!("xtask-tail-{}", std::process::id()));
         let _ = fs::create_dir_all(&dir);

@@ -281,7 +281,7 @@ pub fn run_server() -> Result<()> {
         Err(e) => eprintln!("xtask: warning: the sample call failed: {e}"),
     }
 
-    print_cheat_sheet(&settings, &call_sid, now)?;
+    println!("{}", cheat_sheet(&settings, &call_sid, now)?);
 
     // Ctrl-C reaches the server too (same process group), so we only wait for it.
     let status = server
@@ -291,7 +291,8 @@ pub fn run_server() -> Result<()> {
     check(status, "calls-server serve")
 }
 
-fn print_cheat_sheet(s: &Settings, call_sid: &str, now: u64) -> Result<()> {
+/// What a newcomer needs next: the URLs, the token and curls that work as pasted.
+fn cheat_sheet(s: &Settings, call_sid: &str, now: u64) -> Result<String> {
     let base = &s.base_url;
     let body = format!(
         r#"{{"call_sid":{},"speaker":"user","message":"Hello, this is the driver.","timestamp":{}}}"#,
@@ -305,7 +306,7 @@ fn print_cheat_sheet(s: &Settings, call_sid: &str, now: u64) -> Result<()> {
     let bearer_webhook = shell_quote(&format!("Authorization: Bearer {}", s.webhook_secret));
     let signed = shell_quote(&format!("ElevenLabs-Signature: {signature}"));
 
-    println!(
+    Ok(format!(
         "
 calls-server is running at {base} (simulated telephony)
 
@@ -315,14 +316,16 @@ calls-server is running at {base} (simulated telephony)
   OpenAPI    {base}/openapi.json
   metrics    {base}/metrics
 
-API token (dev): {api}
+API token:      {api}
+Webhook secret: {secret}
 A sample call was placed: {call_sid}
 
 Read it and its transcript:
   curl -H {bearer_api} {call_url}
   curl -H {bearer_api} {call_url}/transcriptions
 
-Store a transcript turn as ElevenLabs would (signature valid for 30 minutes):
+Store a transcript turn as ElevenLabs would (the signature is valid for 30 minutes from now;
+sending the same turn again stores nothing new and returns the original ids):
   curl -i -X POST {webhook} \\
     -H 'Content-Type: application/json' \\
     -H {signed} \\
@@ -337,9 +340,9 @@ or authenticate with the webhook secret as a bearer token instead:
 Press Ctrl-C to stop.
 ",
         api = s.api_token,
+        secret = s.webhook_secret,
         call_url = shell_quote(&format!("{base}/calls/{call_sid}")),
-    );
-    Ok(())
+    ))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -556,6 +559,123 @@ mod tests {
             turn.map(|t| format_turn(&t)),
             Ok(" 12 driver: Hi".to_string())
         );
+    }
+
+    /// A stand-in for calls-server: answers the demo's requests from canned JSON, so the
+    /// demo's HTTP and JSON handling is tested without a database.
+    fn fake_server(call_status: &'static str) -> Option<String> {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = TcpListener::bind("127.0.0.1:0").ok()?;
+        let addr = listener.local_addr().ok()?.to_string();
+        thread::spawn(move || {
+            let mut polls = 0;
+            for conn in listener.incoming().flatten() {
+                let mut reader = BufReader::new(conn);
+                let mut request_line = String::new();
+                let mut authorized = false;
+                let mut length = 0;
+                let _ = reader.read_line(&mut request_line);
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).is_err() || line == "\r\n" || line.is_empty() {
+                        break;
+                    }
+                    authorized |= line == "Authorization: Bearer dev-api-token\r\n";
+                    if let Some(n) = line.strip_prefix("Content-Length: ") {
+                        length = n.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0; length];
+                let _ = reader.read_exact(&mut body);
+                let path = request_line
+                    .split(' ')
+                    .nth(1)
+                    .unwrap_or_default()
+                    .to_string();
+                let (status, reply) = if !authorized {
+                    (401, r#"{"status":"error"}"#.to_string())
+                } else if path == "/driver_data/call-elevenlabs" {
+                    (200, r#"{"message":"ok","calls":[]}"#.to_string())
+                } else if path.ends_with("/transcriptions") {
+                    let turns = r#"{"transcriptions":[
+                        {"sequence_number":1,"speaker_type":"agent","message_text":"Hello \u00e9","timestamp":"t"},
+                        {"sequence_number":2,"speaker_type":"driver","message_text":"Hi","timestamp":"t"}]}"#;
+                    (200, turns.to_string())
+                } else {
+                    // The first poll sees the call still running, to exercise the polling.
+                    polls += 1;
+                    let state = if polls == 1 {
+                        "in_progress"
+                    } else {
+                        call_status
+                    };
+                    (200, format!(r#"{{"call_sid":"x","status":"{state}"}}"#))
+                };
+                let mut conn = reader.into_inner();
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 {status} X\r\nContent-Length: {}\r\n\r\n{reply}",
+                    reply.len()
+                );
+            }
+        });
+        Some(addr)
+    }
+
+    #[test]
+    fn demo_reads_completed_calls_and_transcripts() {
+        let Some(addr) = fake_server("completed") else {
+            return; // no loopback networking in this sandbox
+        };
+        let mut settings = Settings::new(addr, "json".to_string());
+        settings.api_token = "dev-api-token".to_string(); // whatever API_TOKEN the caller has
+        let result = demo_calls(&settings);
+        assert!(result.is_ok(), "{result:?}");
+    }
+
+    #[test]
+    fn demo_fails_when_a_call_fails() {
+        let Some(addr) = fake_server("failed") else {
+            return;
+        };
+        let mut settings = Settings::new(addr, "json".to_string());
+        settings.api_token = "dev-api-token".to_string(); // whatever API_TOKEN the caller has
+        assert!(demo_calls(&settings).is_err());
+    }
+
+    #[test]
+    fn cheat_sheet_has_a_correctly_signed_curl() {
+        let mut settings = Settings::new("127.0.0.1:8080".to_string(), "pretty".to_string());
+        settings.webhook_secret = "wsec_test_secret".to_string();
+        settings.api_token = "tok".to_string();
+        let sheet = cheat_sheet(&settings, "EL_1001_1732406400", 1_732_406_400);
+        let Ok(sheet) = sheet else {
+            panic!("{sheet:?}");
+        };
+        let body = r#"{"call_sid":"EL_1001_1732406400","speaker":"user","message":"Hello, this is the driver.","timestamp":"2024-11-24T00:00:00Z"}"#;
+        let signature = signature_header("wsec_test_secret", 1_732_406_400, body);
+        let Ok(signature) = signature else {
+            panic!("{signature:?}");
+        };
+        assert!(sheet.contains(&format!("--data-raw '{body}'")), "{sheet}");
+        assert!(
+            sheet.contains(&format!("-H 'ElevenLabs-Signature: {signature}'")),
+            "{sheet}"
+        );
+        assert!(
+            sheet.contains("-H 'Authorization: Bearer wsec_test_secret'"),
+            "{sheet}"
+        );
+        assert!(sheet.contains(
+            "curl -H 'Authorization: Bearer tok' http://127.0.0.1:8080/calls/EL_1001_1732406400/transcriptions"
+        ));
+        assert!(sheet.contains("30 minutes"));
+        for path in ["/healthz", "/readyz", "/docs", "/openapi.json", "/metrics"] {
+            assert!(
+                sheet.contains(&format!("http://127.0.0.1:8080{path}")),
+                "{path}"
+            );
+        }
     }
 
     #[test]

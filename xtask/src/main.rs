@@ -37,7 +37,7 @@ PostgreSQL cluster in target/xtask-pg on 127.0.0.1:54329 (XTASK_PG_PORT to chang
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some((command, rest)) = args.split_first() else {
-        print!("{USAGE}");
+        eprint!("{USAGE}");
         return ExitCode::from(2);
     };
     match dispatch(command, rest) {
