@@ -114,7 +114,10 @@ pub trait CallRepository: Send + Sync + 'static {
     ///
     /// # Errors
     /// [`RepositoryError::NotFound`] for an unknown call_sid.
-    async fn list_turns(&self, call_sid: &CallSid) -> Result<Vec<CallTranscription>, RepositoryError>;
+    async fn list_turns(
+        &self,
+        call_sid: &CallSid,
+    ) -> Result<Vec<CallTranscription>, RepositoryError>;
 
     /// Appends a turn to the Call's transcript in one transaction: the next sequence
     /// number (gapless 1..N per call, race-free across connections and processes), or,

@@ -1,1 +1,15 @@
+//! Telephony adapters for the violation-call service: ElevenLabs Conversational AI
+//! outbound calls ([`ElevenLabsTelephony`]), a simulated provider for local runs
+//! ([`SimulatedTelephony`]), and ElevenLabs' webhook signature scheme ([`signature`]).
 
+mod client;
+pub mod signature;
+mod simulated;
+mod wire;
+
+pub use client::{DEFAULT_BASE_URL, ElevenLabsBuildError, ElevenLabsConfig, ElevenLabsTelephony};
+pub use signature::{DEFAULT_TOLERANCE_SECS, SIGNATURE_HEADER, SignatureError, sign, verify};
+pub use simulated::{
+    POST_CALL_PATH, SimulatedBuildError, SimulatedConfig, SimulatedTelephony, TRANSCRIPTION_PATH,
+    UNREACHABLE_SUFFIX,
+};

@@ -95,7 +95,9 @@ pub async fn backfill_call_sids(
     progress: &(dyn Fn(i64, i64) + Sync),
 ) -> Result<BackfillReport, StoreError> {
     if options.batch_size < 1 {
-        return Err(StoreError::Refused("--batch-size must be at least 1".into()));
+        return Err(StoreError::Refused(
+            "--batch-size must be at least 1".into(),
+        ));
     }
     let mut conn = connect(config).await?;
     let column: Flag = diesel::sql_query(
@@ -111,20 +113,19 @@ pub async fn backfill_call_sids(
             config.schema
         )));
     }
-    let locked: Flag = diesel::sql_query(
-        "SELECT pg_try_advisory_lock(hashtext('calls-backfill:' || $1)) AS flag",
-    )
-    .bind::<Text, _>(config.schema.as_str())
-    .get_result(&mut conn)
-    .await?;
+    let locked: Flag =
+        diesel::sql_query("SELECT pg_try_advisory_lock(hashtext('calls-backfill:' || $1)) AS flag")
+            .bind::<Text, _>(config.schema.as_str())
+            .get_result(&mut conn)
+            .await?;
     if locked.flag != Some(true) {
-        return Err(StoreError::Refused("another backfill is running on this schema".into()));
+        return Err(StoreError::Refused(
+            "another backfill is running on this schema".into(),
+        ));
     }
     let result = run(&mut conn, options, progress).await;
     // The lock is also released when the connection closes; this is just tidy.
-    let _ = conn
-        .batch_execute("SELECT pg_advisory_unlock_all()")
-        .await;
+    let _ = conn.batch_execute("SELECT pg_advisory_unlock_all()").await;
     result
 }
 
@@ -133,23 +134,26 @@ async fn run(
     options: BackfillOptions,
     progress: &(dyn Fn(i64, i64) + Sync),
 ) -> Result<BackfillReport, StoreError> {
-    let pending: Count = diesel::sql_query("SELECT count(*) AS n FROM calls WHERE call_sid IS NULL")
-        .get_result(conn)
-        .await?;
+    let pending: Count =
+        diesel::sql_query("SELECT count(*) AS n FROM calls WHERE call_sid IS NULL")
+            .get_result(conn)
+            .await?;
     let mut report = BackfillReport {
         pending_at_start: pending.n,
         dry_run: options.dry_run,
         ..BackfillReport::default()
     };
     if options.dry_run {
-        report.preview = diesel::sql_query(format!("{BATCH_CTE} SELECT id::bigint AS id, call_sid FROM ranked ORDER BY id"))
-            .bind::<BigInt, _>(0_i64)
-            .bind::<BigInt, _>(options.batch_size)
-            .load::<Row>(conn)
-            .await?
-            .into_iter()
-            .map(|r| (r.id, r.call_sid))
-            .collect();
+        report.preview = diesel::sql_query(format!(
+            "{BATCH_CTE} SELECT id::bigint AS id, call_sid FROM ranked ORDER BY id"
+        ))
+        .bind::<BigInt, _>(0_i64)
+        .bind::<BigInt, _>(options.batch_size)
+        .load::<Row>(conn)
+        .await?
+        .into_iter()
+        .map(|r| (r.id, r.call_sid))
+        .collect();
         return Ok(report);
     }
     if pending.n == 0 {

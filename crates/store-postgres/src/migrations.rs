@@ -71,7 +71,10 @@ fn version_number(version: &str) -> Option<u32> {
 
 /// Runs a migrate command. Migrations are sync in diesel, so they run on a thread of
 /// their own (with its own small runtime inside the connection wrapper).
-pub async fn migrate(config: &DbConfig, command: MigrateCommand) -> Result<MigrationReport, StoreError> {
+pub async fn migrate(
+    config: &DbConfig,
+    command: MigrateCommand,
+) -> Result<MigrationReport, StoreError> {
     let config = config.clone();
     run_blocking(move || {
         let mut conn = open(&config.url, &config.schema)?;
@@ -232,7 +235,9 @@ fn migrate_locked(
                 .filter_map(|m| version_number(&m.name().version().to_string()))
                 .any(|v| v == *target);
             if *target != 0 && !known {
-                return Err(StoreError::Refused(format!("unknown migration version {target}")));
+                return Err(StoreError::Refused(format!(
+                    "unknown migration version {target}"
+                )));
             }
             // Down first: revert while the newest applied version is above the target.
             loop {
@@ -256,7 +261,9 @@ fn migrate_locked(
                 if version_number(&next.name().version().to_string()).is_none_or(|v| v > *target) {
                     break;
                 }
-                let version = conn.run_migration(next.as_ref()).map_err(StoreError::Migration)?;
+                let version = conn
+                    .run_migration(next.as_ref())
+                    .map_err(StoreError::Migration)?;
                 tracing::info!(%version, "applied migration");
                 report.applied.push(version.to_string());
             }

@@ -82,9 +82,10 @@ impl TryFrom<CallRow> for Call {
             driver_id: row.driver_id,
             call_start_time: row.call_start_time,
             call_end_time: row.call_end_time,
-            status: row.status.parse().map_err(|e: calls_domain::models::UnknownCallStatus| {
-                invalid(e.to_string())
-            })?,
+            status: row
+                .status
+                .parse()
+                .map_err(|e: calls_domain::models::UnknownCallStatus| invalid(e.to_string()))?,
             failure_reason: row.failure_reason,
             created_at: row.created_at,
             updated_at: row.updated_at,

@@ -116,7 +116,12 @@ pub fn application_name(schema: &SchemaName) -> String {
 
 /// Opens one connection with the session set up (used outside the pool, e.g. migrations).
 pub(crate) async fn connect(config: &DbConfig) -> Result<AsyncPgConnection, ConnectionError> {
-    establish(&config.url, &session_setup_sql(&config.schema), config.connect_timeout).await
+    establish(
+        &config.url,
+        &session_setup_sql(&config.schema),
+        config.connect_timeout,
+    )
+    .await
 }
 
 async fn establish(
@@ -177,8 +182,10 @@ pub fn build_pool(config: &DbConfig) -> Result<DbPool, StoreError> {
         let setup_sql = setup_sql.clone();
         async move { establish(url, &setup_sql, connect_timeout).await }.boxed()
     });
-    let manager =
-        AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(&config.url, manager_config);
+    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(
+        &config.url,
+        manager_config,
+    );
     let inner = Pool::builder(manager)
         .max_size(config.pool_size.max(1))
         .wait_timeout(Some(config.wait_timeout))
@@ -201,7 +208,14 @@ mod tests {
     fn schema_names_are_plain_identifiers() {
         assert!(SchemaName::parse("dev").is_ok());
         assert!(SchemaName::parse("test_abc_123").is_ok());
-        for bad in ["", "1abc", "a-b", "a\"b", "x; DROP TABLE calls", &"a".repeat(64)] {
+        for bad in [
+            "",
+            "1abc",
+            "a-b",
+            "a\"b",
+            "x; DROP TABLE calls",
+            &"a".repeat(64),
+        ] {
             assert!(SchemaName::parse(bad).is_err(), "{bad}");
         }
     }

@@ -38,7 +38,8 @@ impl PgCallRepository {
 
 /// PostgreSQL keeps microseconds; truncating first makes what we return equal what we stored.
 fn micros(t: OffsetDateTime) -> OffsetDateTime {
-    t.replace_nanosecond(t.nanosecond() / 1_000 * 1_000).unwrap_or(t)
+    t.replace_nanosecond(t.nanosecond() / 1_000 * 1_000)
+        .unwrap_or(t)
 }
 
 async fn find_by_call_sid(
@@ -151,11 +152,13 @@ impl CallRepository for PgCallRepository {
                 let mut conn = self.conn().await?;
                 // Only fills an empty slot (or re-sets the same value): idempotent, so retryable.
                 let updated = diesel::update(
-                    calls::table.filter(calls::call_sid.eq(call_sid.as_str())).filter(
-                        calls::conversation_id
-                            .is_null()
-                            .or(calls::conversation_id.eq(conversation_id.as_str())),
-                    ),
+                    calls::table
+                        .filter(calls::call_sid.eq(call_sid.as_str()))
+                        .filter(
+                            calls::conversation_id
+                                .is_null()
+                                .or(calls::conversation_id.eq(conversation_id.as_str())),
+                        ),
                 )
                 .set((
                     calls::conversation_id.eq(conversation_id.as_str()),
@@ -231,7 +234,10 @@ impl CallRepository for PgCallRepository {
             .conversation_id)
     }
 
-    async fn list_turns(&self, call_sid: &CallSid) -> Result<Vec<CallTranscription>, RepositoryError> {
+    async fn list_turns(
+        &self,
+        call_sid: &CallSid,
+    ) -> Result<Vec<CallTranscription>, RepositoryError> {
         self.retry
             .run("list_turns", |_| async move {
                 let mut conn = self.conn().await?;
@@ -314,7 +320,10 @@ async fn append_in_transaction(
         .filter(call_transcriptions::speaker_type.eq(speaker))
         .filter(call_transcriptions::timestamp.eq(timestamp))
         .filter(call_transcriptions::message_text.eq(&turn.message))
-        .select((call_transcriptions::id, call_transcriptions::sequence_number))
+        .select((
+            call_transcriptions::id,
+            call_transcriptions::sequence_number,
+        ))
         .first(conn)
         .await
         .optional()?;
@@ -330,9 +339,10 @@ async fn append_in_transaction(
         .select(diesel::dsl::max(call_transcriptions::sequence_number))
         .first(conn)
         .await?;
-    let sequence_number = last.unwrap_or(0).checked_add(1).ok_or_else(|| {
-        RepositoryError::Unexpected("sequence number overflow".into())
-    })?;
+    let sequence_number = last
+        .unwrap_or(0)
+        .checked_add(1)
+        .ok_or_else(|| RepositoryError::Unexpected("sequence number overflow".into()))?;
     let transcription_id = diesel::insert_into(call_transcriptions::table)
         .values(NewTranscriptionRow {
             conversation_id: &conversation_id,

@@ -39,7 +39,11 @@ impl RetryPolicy {
 
     /// Runs `op` until it succeeds, fails for good, or the attempts run out. Only call this
     /// for operations that are safe to repeat (idempotent, or rolled back on failure).
-    pub(crate) async fn run<T, F, Fut>(&self, op: &'static str, mut f: F) -> Result<T, RepositoryError>
+    pub(crate) async fn run<T, F, Fut>(
+        &self,
+        op: &'static str,
+        mut f: F,
+    ) -> Result<T, RepositoryError>
     where
         F: FnMut(u32) -> Fut,
         Fut: Future<Output = Result<T, DbError>>,

@@ -11,7 +11,8 @@ use diesel_async::pooled_connection::deadpool::Object;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 
 use crate::{
-    DbConfig, DbPool, MigrateCommand, PgCallRepository, RetryPolicy, SchemaName, build_pool, migrate,
+    DbConfig, DbPool, MigrateCommand, PgCallRepository, RetryPolicy, SchemaName, build_pool,
+    migrate,
 };
 
 pub struct TestDatabase {
@@ -24,7 +25,9 @@ pub fn test_database_url() -> String {
     std::env::var("TEST_DATABASE_URL")
         .or_else(|_| std::env::var("DATABASE_URL"))
         .unwrap_or_else(|_| {
-            panic!("set TEST_DATABASE_URL or DATABASE_URL, or run the tests with `cargo xtask test`")
+            panic!(
+                "set TEST_DATABASE_URL or DATABASE_URL, or run the tests with `cargo xtask test`"
+            )
         })
 }
 
@@ -183,10 +186,16 @@ impl TestDatabase {
 impl Drop for TestDatabase {
     fn drop(&mut self) {
         let url = self.config.url.clone();
-        let sql = format!("DROP SCHEMA IF EXISTS {} CASCADE", self.config.schema.quoted());
+        let sql = format!(
+            "DROP SCHEMA IF EXISTS {} CASCADE",
+            self.config.schema.quoted()
+        );
         // Drop cannot be async: use a thread with its own runtime, and don't panic here.
         let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
                 return;
             };
             rt.block_on(async {

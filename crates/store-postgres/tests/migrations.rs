@@ -27,7 +27,11 @@ async fn up_all_down_all_up_all_leaves_the_same_schema() {
     let first = fingerprint(&db).await;
 
     to(&db, 0).await;
-    assert_eq!(fingerprint(&db).await, Vec::<String>::new(), "down all leaves nothing");
+    assert_eq!(
+        fingerprint(&db).await,
+        Vec::<String>::new(),
+        "down all leaves nothing"
+    );
     to(&db, LATEST).await;
 
     assert_eq!(fingerprint(&db).await, first);
@@ -55,7 +59,10 @@ async fn the_first_migration_is_exactly_the_reference_legacy_schema() {
     let reference = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../../shared/reference/legacy-schema.sql");
     let Ok(legacy_sql) = std::fs::read_to_string(&reference) else {
-        eprintln!("{} not found; comparing against nothing", reference.display());
+        eprintln!(
+            "{} not found; comparing against nothing",
+            reference.display()
+        );
         return;
     };
     let migrated = TestDatabase::empty().await;
@@ -125,12 +132,15 @@ async fn backfill_migration_follows_the_seed_format_and_keeps_collisions_apart()
         ]
     );
     assert_eq!(
-        db.strings("SELECT status AS value FROM calls ORDER BY id").await,
+        db.strings("SELECT status AS value FROM calls ORDER BY id")
+            .await,
         vec!["completed"; 4]
     );
     assert_eq!(
-        db.strings("SELECT speaker_type AS value FROM call_transcriptions ORDER BY sequence_number")
-            .await,
+        db.strings(
+            "SELECT speaker_type AS value FROM call_transcriptions ORDER BY sequence_number"
+        )
+        .await,
         ["driver", "agent"]
     );
 }
@@ -157,7 +167,13 @@ async fn legacy_duplicate_sequence_numbers_are_renumbered_and_others_kept() {
              FROM call_transcriptions ORDER BY id"
         )
         .await,
-        ["conv_dupes:a:1", "conv_dupes:b:2", "conv_dupes:c:3", "conv_gaps:x:1", "conv_gaps:y:5"]
+        [
+            "conv_dupes:a:1",
+            "conv_dupes:b:2",
+            "conv_dupes:c:3",
+            "conv_gaps:x:1",
+            "conv_gaps:y:5"
+        ]
     );
 }
 
@@ -196,8 +212,13 @@ async fn batched_backfill_gives_exactly_what_the_migration_gives() {
     let query = "SELECT id || ':' || call_sid AS value FROM calls ORDER BY id";
     let expected = by_migration.strings(query).await;
     assert_eq!(by_command.strings(query).await, expected);
-    assert!(expected.iter().any(|v| v.ends_with("_2")), "the data has collisions");
-    let distinct = by_command.strings("SELECT count(DISTINCT call_sid)::text AS value FROM calls").await;
+    assert!(
+        expected.iter().any(|v| v.ends_with("_2")),
+        "the data has collisions"
+    );
+    let distinct = by_command
+        .strings("SELECT count(DISTINCT call_sid)::text AS value FROM calls")
+        .await;
     assert_eq!(distinct, ["10000"]);
 
     // Resumable and idempotent: a second run finds nothing; the migration is then a no-op.
@@ -226,16 +247,27 @@ async fn a_partial_backfill_resumes_where_it_stopped() {
         .await;
     for line in expected.iter().take(2_500) {
         let (id, sid) = line.split_once(':').expect("id:sid");
-        db.execute(&format!("UPDATE calls SET call_sid = '{sid}' WHERE id = {id}")).await;
+        db.execute(&format!(
+            "UPDATE calls SET call_sid = '{sid}' WHERE id = {id}"
+        ))
+        .await;
     }
 
-    let report = backfill_call_sids(db.config(), BackfillOptions { batch_size: 1000, dry_run: false }, &|_, _| {})
-        .await
-        .expect("backfill");
+    let report = backfill_call_sids(
+        db.config(),
+        BackfillOptions {
+            batch_size: 1000,
+            dry_run: false,
+        },
+        &|_, _| {},
+    )
+    .await
+    .expect("backfill");
 
     assert_eq!(report.pending_at_start, 7_500);
     assert_eq!(
-        db.strings("SELECT id || ':' || call_sid AS value FROM calls ORDER BY id").await,
+        db.strings("SELECT id || ':' || call_sid AS value FROM calls ORDER BY id")
+            .await,
         expected
     );
 }
@@ -251,7 +283,10 @@ async fn a_dry_run_writes_nothing_and_refuses_before_the_column_exists() {
     to(&db, 2).await;
     let report = backfill_call_sids(
         db.config(),
-        BackfillOptions { batch_size: 10, dry_run: true },
+        BackfillOptions {
+            batch_size: 10,
+            dry_run: true,
+        },
         &|_, _| {},
     )
     .await
@@ -259,28 +294,46 @@ async fn a_dry_run_writes_nothing_and_refuses_before_the_column_exists() {
 
     assert_eq!(report.pending_at_start, 1);
     assert_eq!(report.updated, 0);
-    assert_eq!(report.preview.first().map(|p| p.1.as_str()), Some("EL_444_1732183200"));
-    assert_eq!(db.strings("SELECT COALESCE(call_sid, 'NULL') AS value FROM calls").await, ["NULL"]);
+    assert_eq!(
+        report.preview.first().map(|p| p.1.as_str()),
+        Some("EL_444_1732183200")
+    );
+    assert_eq!(
+        db.strings("SELECT COALESCE(call_sid, 'NULL') AS value FROM calls")
+            .await,
+        ["NULL"]
+    );
 }
 
 #[tokio::test]
 async fn a_legacy_database_without_history_is_adopted_with_baseline() {
     let db = TestDatabase::empty().await;
-    db.execute(include_str!("../../../migrations/0001_legacy_schema/up.sql")).await;
+    db.execute(include_str!(
+        "../../../migrations/0001_legacy_schema/up.sql"
+    ))
+    .await;
     insert_legacy_call(&db, "conv_legacy", "444", "2024-11-21 10:00:00+00").await;
 
     let refused = migrate(db.config(), MigrateCommand::Latest).await;
-    assert!(refused.is_err(), "plain migrate must not clobber a legacy database");
+    assert!(
+        refused.is_err(),
+        "plain migrate must not clobber a legacy database"
+    );
 
-    let baseline = migrate(db.config(), MigrateCommand::Baseline).await.expect("baseline");
+    let baseline = migrate(db.config(), MigrateCommand::Baseline)
+        .await
+        .expect("baseline");
     assert_eq!(baseline.baselined.as_deref(), Some("0001"));
     let again = migrate(db.config(), MigrateCommand::Baseline).await;
     assert!(again.is_err(), "baseline twice is refused");
-    let report = migrate(db.config(), MigrateCommand::Latest).await.expect("migrate");
+    let report = migrate(db.config(), MigrateCommand::Latest)
+        .await
+        .expect("migrate");
 
     assert_eq!(report.applied.len(), 6);
     assert_eq!(
-        db.strings("SELECT call_sid || ' ' || status AS value FROM calls").await,
+        db.strings("SELECT call_sid || ' ' || status AS value FROM calls")
+            .await,
         ["EL_444_1732183200 completed"]
     );
 }
@@ -288,6 +341,10 @@ async fn a_legacy_database_without_history_is_adopted_with_baseline() {
 #[tokio::test]
 async fn baseline_on_an_empty_schema_is_refused() {
     let db = TestDatabase::empty().await;
-    assert!(migrate(db.config(), MigrateCommand::Baseline).await.is_err());
+    assert!(
+        migrate(db.config(), MigrateCommand::Baseline)
+            .await
+            .is_err()
+    );
     assert!(migrate(db.config(), MigrateCommand::To(99)).await.is_err());
 }

@@ -41,10 +41,19 @@ async fn append_concurrently(repos: &[PgCallRepository], call_sid: &str, n: usiz
     let mut tasks = Vec::new();
     for i in 0..n {
         let repo = repos[i % repos.len()].clone();
-        let turn = NewTurn::parse(call_sid, "agent", &format!("turn {i}"), "2024-11-21T10:30:00Z")
-            .expect("turn");
+        let turn = NewTurn::parse(
+            call_sid,
+            "agent",
+            &format!("turn {i}"),
+            "2024-11-21T10:30:00Z",
+        )
+        .expect("turn");
         tasks.push(tokio::spawn(async move {
-            repo.append_turn(&turn).await.expect("append").stored().sequence_number
+            repo.append_turn(&turn)
+                .await
+                .expect("append")
+                .stored()
+                .sequence_number
         }));
     }
     let mut numbers = Vec::new();
@@ -95,7 +104,8 @@ async fn eight_calls_appended_concurrently_each_get_their_own_gapless_sequence()
         assert_eq!(numbers, (1..=64).collect::<Vec<i32>>());
     }
     assert_eq!(
-        db.strings("SELECT count(*)::text AS value FROM call_transcriptions").await,
+        db.strings("SELECT count(*)::text AS value FROM call_transcriptions")
+            .await,
         ["512"]
     );
     let per_call = db
@@ -115,8 +125,11 @@ async fn concurrent_duplicates_of_one_turn_store_one_row() {
     let mut tasks = Vec::new();
     for _ in 0..16 {
         let repo = separate_repository(&db, 1);
-        let turn = NewTurn::parse("EL_2_dup", "user", "same", "2024-11-21T10:30:00Z").expect("turn");
-        tasks.push(tokio::spawn(async move { repo.append_turn(&turn).await.expect("append").stored() }));
+        let turn =
+            NewTurn::parse("EL_2_dup", "user", "same", "2024-11-21T10:30:00Z").expect("turn");
+        tasks.push(tokio::spawn(async move {
+            repo.append_turn(&turn).await.expect("append").stored()
+        }));
     }
     let mut ids = BTreeSet::new();
     for task in tasks {
@@ -125,5 +138,9 @@ async fn concurrent_duplicates_of_one_turn_store_one_row() {
     }
 
     assert_eq!(ids.len(), 1);
-    assert_eq!(db.strings("SELECT count(*)::text AS value FROM call_transcriptions").await, ["1"]);
+    assert_eq!(
+        db.strings("SELECT count(*)::text AS value FROM call_transcriptions")
+            .await,
+        ["1"]
+    );
 }

@@ -83,7 +83,11 @@ mod tests {
 
     #[test]
     fn status_round_trips_through_its_text_form() {
-        for status in [CallStatus::InProgress, CallStatus::Completed, CallStatus::Failed] {
+        for status in [
+            CallStatus::InProgress,
+            CallStatus::Completed,
+            CallStatus::Failed,
+        ] {
             assert_eq!(status.as_str().parse::<CallStatus>(), Ok(status));
         }
         assert!("IN_PROGRESS".parse::<CallStatus>().is_err());

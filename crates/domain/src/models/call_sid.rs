@@ -70,7 +70,10 @@ mod tests {
     fn empty_whitespace_and_overlong_values_are_rejected() {
         assert_eq!(CallSid::parse(""), Err(CallSidError::Empty));
         assert_eq!(CallSid::parse("EL 1"), Err(CallSidError::InvalidCharacter));
-        assert_eq!(CallSid::parse("EL_\n1"), Err(CallSidError::InvalidCharacter));
+        assert_eq!(
+            CallSid::parse("EL_\n1"),
+            Err(CallSidError::InvalidCharacter)
+        );
         assert_eq!(CallSid::parse("x".repeat(256)), Err(CallSidError::TooLong));
         assert!(CallSid::parse("x".repeat(255)).is_ok());
     }

@@ -57,8 +57,14 @@ mod tests {
     #[test]
     fn rejects_empty_long_and_spaced_values() {
         assert_eq!(ConversationId::parse(""), Err(ConversationIdError::Empty));
-        assert_eq!(ConversationId::parse("a b"), Err(ConversationIdError::InvalidCharacter));
-        assert_eq!(ConversationId::parse("c".repeat(300)), Err(ConversationIdError::TooLong));
+        assert_eq!(
+            ConversationId::parse("a b"),
+            Err(ConversationIdError::InvalidCharacter)
+        );
+        assert_eq!(
+            ConversationId::parse("c".repeat(300)),
+            Err(ConversationIdError::TooLong)
+        );
     }
 
     proptest! {

@@ -33,7 +33,9 @@ impl PhoneNumber {
         if !phonenumber::is_viable(trimmed) || !possible(&parsed) {
             return Err(invalid());
         }
-        Ok(Self(parsed.format().mode(phonenumber::Mode::E164).to_string()))
+        Ok(Self(
+            parsed.format().mode(phonenumber::Mode::E164).to_string(),
+        ))
     }
 
     pub fn as_str(&self) -> &str {
@@ -119,13 +121,26 @@ mod tests {
             ("+44 20 7946 0958", "+442079460958"),
             ("+49 30 901820", "+4930901820"),
         ] {
-            assert_eq!(PhoneNumber::parse(raw).map(|p| p.0), Ok(e164.to_owned()), "{raw}");
+            assert_eq!(
+                PhoneNumber::parse(raw).map(|p| p.0),
+                Ok(e164.to_owned()),
+                "{raw}"
+            );
         }
     }
 
     #[test]
     fn letters_too_short_and_too_long_are_rejected() {
-        for raw in ["", "abc", "+1555CALLNOW", "555-CALL", "123", "+1 23", "+1555123456789012", "++15551234567"] {
+        for raw in [
+            "",
+            "abc",
+            "+1555CALLNOW",
+            "555-CALL",
+            "123",
+            "+1 23",
+            "+1555123456789012",
+            "++15551234567",
+        ] {
             assert!(PhoneNumber::parse(raw).is_err(), "{raw} should be rejected");
         }
     }

@@ -121,8 +121,8 @@ impl NewTurn {
         if message.trim().is_empty() {
             return Err(TurnParseError::EmptyMessage);
         }
-        let timestamp =
-            parse_timestamp(timestamp).ok_or_else(|| TurnParseError::Timestamp(timestamp.into()))?;
+        let timestamp = parse_timestamp(timestamp)
+            .ok_or_else(|| TurnParseError::Timestamp(timestamp.into()))?;
         Ok(Self {
             call_sid,
             speaker: speaker.into(),
@@ -179,7 +179,13 @@ mod tests {
 
     #[test]
     fn garbage_timestamps_are_rejected() {
-        for bad in ["", "yesterday", "2024-13-01T00:00:00Z", "2024-11-21T25:00:00Z", "1700000000"] {
+        for bad in [
+            "",
+            "yesterday",
+            "2024-13-01T00:00:00Z",
+            "2024-11-21T25:00:00Z",
+            "1700000000",
+        ] {
             assert!(parse_timestamp(bad).is_none(), "{bad} should not parse");
         }
     }

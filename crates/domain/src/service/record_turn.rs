@@ -10,7 +10,10 @@ use crate::ports::{AppendOutcome, BoxError, CallRepository, RepositoryError};
 pub enum RecordTurnError {
     /// Unknown call_sid, a failed Call, or one still without conversation_id after the wait.
     #[error("Call record not found or incomplete for call_sid: {call_sid}")]
-    CallNotFound { call_sid: CallSid, reason: NotFoundReason },
+    CallNotFound {
+        call_sid: CallSid,
+        reason: NotFoundReason,
+    },
     #[error("database unavailable")]
     Unavailable(#[source] BoxError),
     #[error("unexpected error while recording a turn")]
@@ -69,7 +72,9 @@ impl RecordTurn {
                     tokio::time::sleep(poll.min(deadline - now)).await;
                     poll = (poll * 2).min(MAX_POLL);
                 }
-                Err(RepositoryError::Unavailable(e)) => return Err(RecordTurnError::Unavailable(e)),
+                Err(RepositoryError::Unavailable(e)) => {
+                    return Err(RecordTurnError::Unavailable(e));
+                }
                 Err(e @ (RepositoryError::Conflict(_) | RepositoryError::Unexpected(_))) => {
                     return Err(RecordTurnError::Unexpected(Box::new(e)));
                 }
@@ -135,10 +140,16 @@ mod tests {
         repo.expect_append_turn()
             .times(1)
             .returning(|_| Err(RepositoryError::NotFound));
-        let err = use_case(repo, 5_000).execute(&turn()).await.expect_err("not found");
+        let err = use_case(repo, 5_000)
+            .execute(&turn())
+            .await
+            .expect_err("not found");
         assert!(matches!(
             err,
-            RecordTurnError::CallNotFound { reason: NotFoundReason::UnknownCallSid, .. }
+            RecordTurnError::CallNotFound {
+                reason: NotFoundReason::UnknownCallSid,
+                ..
+            }
         ));
         assert_eq!(
             err.to_string(),
@@ -154,10 +165,16 @@ mod tests {
                 status: CallStatus::Failed,
             })
         });
-        let err = use_case(repo, 5_000).execute(&turn()).await.expect_err("refused");
+        let err = use_case(repo, 5_000)
+            .execute(&turn())
+            .await
+            .expect_err("refused");
         assert!(matches!(
             err,
-            RecordTurnError::CallNotFound { reason: NotFoundReason::CallFailed, .. }
+            RecordTurnError::CallNotFound {
+                reason: NotFoundReason::CallFailed,
+                ..
+            }
         ));
     }
 
@@ -177,7 +194,10 @@ mod tests {
             .times(1)
             .in_sequence(&mut seq)
             .returning(|_| Ok(AppendOutcome::Created(STORED)));
-        let outcome = use_case(repo, 5_000).execute(&turn()).await.expect("stored");
+        let outcome = use_case(repo, 5_000)
+            .execute(&turn())
+            .await
+            .expect("stored");
         assert_eq!(outcome, AppendOutcome::Created(STORED));
     }
 
@@ -190,10 +210,16 @@ mod tests {
             })
         });
         let started = tokio::time::Instant::now();
-        let err = use_case(repo, 1_000).execute(&turn()).await.expect_err("gave up");
+        let err = use_case(repo, 1_000)
+            .execute(&turn())
+            .await
+            .expect_err("gave up");
         assert!(matches!(
             err,
-            RecordTurnError::CallNotFound { reason: NotFoundReason::NoConversationIdYet, .. }
+            RecordTurnError::CallNotFound {
+                reason: NotFoundReason::NoConversationIdYet,
+                ..
+            }
         ));
         let waited = started.elapsed();
         assert!(waited >= Duration::from_millis(1_000), "waited {waited:?}");
@@ -205,7 +231,10 @@ mod tests {
         let mut repo = MockCallRepository::new();
         repo.expect_append_turn()
             .returning(|_| Err(RepositoryError::Unavailable("connection refused".into())));
-        let err = use_case(repo, 0).execute(&turn()).await.expect_err("unavailable");
+        let err = use_case(repo, 0)
+            .execute(&turn())
+            .await
+            .expect_err("unavailable");
         assert!(matches!(err, RecordTurnError::Unavailable(_)));
     }
 }

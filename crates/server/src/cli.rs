@@ -1,0 +1,172 @@
+//! Command line and environment: every setting is an environment variable and a flag.
+
+use std::net::SocketAddr;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "calls-server",
+    version,
+    about = "AI voice calls to truck drivers about trip violations"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub log: LogArgs,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// `serve` is the default subcommand, so its settings are accepted here too.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+// Parsed once at startup; the size difference between variants does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP service (the default).
+    Serve(ServeArgs),
+    /// Apply, revert or adopt migrations.
+    Migrate(MigrateArgs),
+    /// Fill call_sid on legacy rows in short batches (safe while the service runs).
+    Backfill(BackfillArgs),
+    /// Print the ElevenLabs webhook tool JSON for the transcription webhook.
+    ElevenlabsToolConfig(ToolConfigArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LogArgs {
+    /// Log output format.
+    #[arg(
+        long,
+        env = "LOG_FORMAT",
+        value_enum,
+        default_value = "pretty",
+        global = true
+    )]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DbArgs {
+    /// PostgreSQL connection URL.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Schema holding the tables (the legacy deployment uses `dev`).
+    #[arg(long, env = "DATABASE_SCHEMA", default_value = "public")]
+    pub database_schema: String,
+    /// Connections in the pool.
+    #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 10)]
+    pub database_pool_size: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TelephonyKind {
+    Elevenlabs,
+    Simulated,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Address to listen on.
+    #[arg(long, env = "BIND_ADDR", default_value = "127.0.0.1:8080")]
+    pub bind_addr: SocketAddr,
+    /// Which telephony places calls.
+    #[arg(long, env = "TELEPHONY", value_enum, default_value = "elevenlabs")]
+    pub telephony: TelephonyKind,
+    #[arg(
+        long,
+        env = "ELEVENLABS_BASE_URL",
+        default_value = "https://api.elevenlabs.io"
+    )]
+    pub elevenlabs_base_url: String,
+    #[arg(long, env = "ELEVENLABS_API_KEY", hide_env_values = true)]
+    pub elevenlabs_api_key: Option<String>,
+    #[arg(long, env = "ELEVENLABS_AGENT_ID")]
+    pub elevenlabs_agent_id: Option<String>,
+    #[arg(long, env = "ELEVENLABS_AGENT_PHONE_NUMBER_ID")]
+    pub elevenlabs_agent_phone_number_id: Option<String>,
+    /// Timeout of one outbound-call request to ElevenLabs.
+    #[arg(long, env = "ELEVENLABS_TIMEOUT_SECS", default_value_t = 15)]
+    pub elevenlabs_timeout_secs: u64,
+    /// Shared secret of the webhooks (HMAC key, or the bearer token of the webhook tool).
+    #[arg(long, env = "WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+    /// How long a turn for a Call still waiting for its conversation_id may wait.
+    #[arg(long, env = "WEBHOOK_CONVERSATION_WAIT_MS", default_value_t = 5000)]
+    pub webhook_conversation_wait_ms: u64,
+    /// Bearer token of the batch-call and reading APIs.
+    #[arg(long, env = "API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+    #[arg(long, env = "TRANSFER_TO_NUMBER", default_value = "+18005551234")]
+    pub transfer_to_number: String,
+    #[arg(long, env = "DISPATCHER_NAME", default_value = "AGY Dispatcher")]
+    pub dispatcher_name: String,
+    /// Where ElevenLabs reaches this service (default: http://BIND_ADDR).
+    #[arg(long, env = "PUBLIC_BASE_URL")]
+    pub public_base_url: Option<String>,
+    /// Drivers of one batch dialed at once.
+    #[arg(long, env = "CALL_CONCURRENCY", default_value_t = 8)]
+    pub call_concurrency: usize,
+    /// Largest accepted request body, in bytes.
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    pub max_body_bytes: usize,
+    /// Run without WEBHOOK_SECRET / API_TOKEN: endpoints without a secret are open.
+    /// For local development only.
+    #[arg(long, env = "INSECURE_DEV", default_value_t = false)]
+    pub insecure_dev: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Go up or down to this version (e.g. `4`; `0` reverts everything).
+    #[arg(long, conflicts_with_all = ["baseline", "revert", "status"])]
+    pub to: Option<u32>,
+    /// Adopt a legacy database: mark the legacy-schema migration as applied.
+    #[arg(long, conflicts_with_all = ["revert", "status"])]
+    pub baseline: bool,
+    /// Revert the last applied migration.
+    #[arg(long, conflicts_with = "status")]
+    pub revert: bool,
+    /// Show applied and pending migrations; change nothing.
+    #[arg(long)]
+    pub status: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BackfillArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Rows per transaction.
+    #[arg(long, default_value_t = 1000)]
+    pub batch_size: i64,
+    /// Count and preview, write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ToolConfigArgs {
+    /// Where ElevenLabs reaches this service.
+    #[arg(long, env = "PUBLIC_BASE_URL")]
+    pub public_base_url: Option<String>,
+    #[arg(long, env = "BIND_ADDR", default_value = "127.0.0.1:8080")]
+    pub bind_addr: SocketAddr,
+    /// Id of the ElevenLabs workspace secret holding `Bearer <WEBHOOK_SECRET>`.
+    #[arg(
+        long,
+        env = "ELEVENLABS_WEBHOOK_SECRET_ID",
+        default_value = "calls_webhook_secret"
+    )]
+    pub secret_id: String,
+}

@@ -1,0 +1,143 @@
+//! The one-shot subcommands: thin wrappers over the store crate's operations.
+
+use std::io::Write;
+
+use anyhow::Context;
+use calls_store_postgres::{
+    BackfillOptions, MigrateCommand, backfill_call_sids, migrate, migration_status,
+};
+
+use crate::cli::{BackfillArgs, MigrateArgs, ToolConfigArgs};
+use crate::config::database_only;
+
+pub async fn run_migrate(args: &MigrateArgs) -> anyhow::Result<()> {
+    let config = database_only(&args.db)?;
+    if args.status {
+        let status = migration_status(&config)
+            .await
+            .context("reading migration status")?;
+        println!("applied: {}", status.applied.join(" "));
+        println!("pending: {}", status.pending.join(" "));
+        return Ok(());
+    }
+    let command = if args.baseline {
+        MigrateCommand::Baseline
+    } else if args.revert {
+        MigrateCommand::Revert
+    } else if let Some(to) = args.to {
+        MigrateCommand::To(to)
+    } else {
+        MigrateCommand::Latest
+    };
+    let report = migrate(&config, command).await.context("migrate failed")?;
+    if let Some(v) = &report.baselined {
+        println!("baselined: {v}");
+    }
+    for v in &report.applied {
+        println!("applied: {v}");
+    }
+    for v in &report.reverted {
+        println!("reverted: {v}");
+    }
+    println!(
+        "schema {} is at version {}",
+        config.schema,
+        report.current.last().map(String::as_str).unwrap_or("none")
+    );
+    Ok(())
+}
+
+pub async fn run_backfill(args: &BackfillArgs) -> anyhow::Result<()> {
+    let config = database_only(&args.db)?;
+    let options = BackfillOptions {
+        batch_size: args.batch_size,
+        dry_run: args.dry_run,
+    };
+    let progress = |done: i64, total: i64| {
+        // A one-line progress bar on stderr.
+        let width = 40_i64;
+        let filled = if total > 0 {
+            (done * width / total).clamp(0, width)
+        } else {
+            width
+        };
+        let percent = if total > 0 { done * 100 / total } else { 100 };
+        let bar: String = (0..width)
+            .map(|i| if i < filled { '#' } else { '-' })
+            .collect();
+        let mut err = std::io::stderr();
+        let _ = write!(err, "\r[{bar}] {done}/{total} ({percent}%)");
+        let _ = err.flush();
+    };
+    let report = backfill_call_sids(&config, options, &progress)
+        .await
+        .context("backfill failed")?;
+    eprintln!();
+    if report.dry_run {
+        println!(
+            "dry run: {} rows without call_sid; the first batch would get:",
+            report.pending_at_start
+        );
+        for (id, sid) in &report.preview {
+            println!("  id {id} -> {sid}");
+        }
+    } else {
+        println!(
+            "backfilled {} of {} rows in {} batches",
+            report.updated, report.pending_at_start, report.batches
+        );
+    }
+    Ok(())
+}
+
+/// The ElevenLabs webhook tool for the transcription webhook. The secret header refers to
+/// a workspace secret by id, so the secret itself is never printed.
+pub fn tool_config(args: &ToolConfigArgs) -> serde_json::Value {
+    let base = args
+        .public_base_url
+        .clone()
+        .filter(|u| !u.trim().is_empty())
+        .unwrap_or_else(|| format!("http://{}", args.bind_addr));
+    let url = format!(
+        "{}/webhooks/elevenlabs/transcription",
+        base.trim_end_matches('/')
+    );
+    serde_json::json!({
+        "type": "webhook",
+        "name": "save_transcription",
+        "description": "Save each finished dialogue turn of this call. Call it after every agent message and every driver reply, with the exact words spoken.",
+        "response_timeout_secs": 20,
+        "api_schema": {
+            "url": url,
+            "method": "POST",
+            "content_type": "application/json",
+            "request_headers": {
+                "Authorization": { "secret_id": args.secret_id }
+            },
+            "request_body_schema": {
+                "type": "object",
+                "description": "One dialogue turn of the current call",
+                "required": ["call_sid", "speaker", "message", "timestamp"],
+                "properties": {
+                    "call_sid": {
+                        "type": "string",
+                        "dynamic_variable": "call_sid"
+                    },
+                    "speaker": {
+                        "type": "string",
+                        "description": "Who spoke this turn: 'agent' for you, 'user' for the driver",
+                        "enum": ["agent", "user"]
+                    },
+                    "message": {
+                        "type": "string",
+                        "description": "The exact words of this turn"
+                    },
+                    "timestamp": {
+                        "type": "string",
+                        "dynamic_variable": "system__time_utc"
+                    }
+                }
+            }
+        }
+    })
+}

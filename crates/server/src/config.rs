@@ -1,0 +1,263 @@
+//! Typed settings, built from the CLI once and checked as a whole: every missing required
+//! setting is named at once.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use calls_store_postgres::{DbConfig, SchemaName};
+
+use crate::cli::{DbArgs, ServeArgs, TelephonyKind};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("missing required setting(s): {}", .0.join(", "))]
+    Missing(Vec<&'static str>),
+    #[error("invalid setting {name}: {reason}")]
+    Invalid { name: &'static str, reason: String },
+}
+
+/// A secret that never shows in `Debug` output or logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum TelephonySettings {
+    ElevenLabs {
+        base_url: String,
+        api_key: Secret,
+        agent_id: String,
+        agent_phone_number_id: String,
+        timeout: Duration,
+    },
+    Simulated,
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub bind_addr: SocketAddr,
+    pub database: DbConfig,
+    pub telephony: TelephonySettings,
+    /// `None` only when running open for development.
+    pub webhook_secret: Option<Secret>,
+    pub api_token: Option<Secret>,
+    pub conversation_wait: Duration,
+    pub transfer_to_number: String,
+    pub dispatcher_name: String,
+    pub public_base_url: String,
+    pub call_concurrency: usize,
+    pub max_body_bytes: usize,
+    pub insecure_dev: bool,
+}
+
+fn non_empty(value: Option<&String>) -> Option<String> {
+    value.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
+}
+
+pub fn database_config(
+    args: &DbArgs,
+    missing: &mut Vec<&'static str>,
+) -> Result<Option<DbConfig>, ConfigError> {
+    let schema = SchemaName::parse(&args.database_schema).map_err(|e| ConfigError::Invalid {
+        name: "DATABASE_SCHEMA",
+        reason: e.to_string(),
+    })?;
+    if args.database_pool_size == 0 {
+        return Err(ConfigError::Invalid {
+            name: "DATABASE_POOL_SIZE",
+            reason: "must be at least 1".into(),
+        });
+    }
+    let Some(url) = non_empty(args.database_url.as_ref()) else {
+        missing.push("DATABASE_URL");
+        return Ok(None);
+    };
+    let mut config = DbConfig::new(url, schema);
+    config.pool_size = args.database_pool_size;
+    Ok(Some(config))
+}
+
+/// Just the database part, for `migrate` and `backfill`.
+pub fn database_only(args: &DbArgs) -> Result<DbConfig, ConfigError> {
+    let mut missing = Vec::new();
+    match database_config(args, &mut missing)? {
+        Some(config) => Ok(config),
+        None => Err(ConfigError::Missing(missing)),
+    }
+}
+
+impl Settings {
+    pub fn from_args(args: &ServeArgs) -> Result<Self, ConfigError> {
+        let mut missing = Vec::new();
+        let database = database_config(&args.db, &mut missing)?;
+
+        let telephony = match args.telephony {
+            TelephonyKind::Simulated => TelephonySettings::Simulated,
+            TelephonyKind::Elevenlabs => {
+                let mut need = |value: Option<&String>, name: &'static str| {
+                    let v = non_empty(value);
+                    if v.is_none() {
+                        missing.push(name);
+                    }
+                    v.unwrap_or_default()
+                };
+                let api_key = need(args.elevenlabs_api_key.as_ref(), "ELEVENLABS_API_KEY");
+                let agent_id = need(args.elevenlabs_agent_id.as_ref(), "ELEVENLABS_AGENT_ID");
+                let phone_id = need(
+                    args.elevenlabs_agent_phone_number_id.as_ref(),
+                    "ELEVENLABS_AGENT_PHONE_NUMBER_ID",
+                );
+                TelephonySettings::ElevenLabs {
+                    base_url: args.elevenlabs_base_url.trim_end_matches('/').to_owned(),
+                    api_key: Secret::new(api_key),
+                    agent_id,
+                    agent_phone_number_id: phone_id,
+                    timeout: Duration::from_secs(args.elevenlabs_timeout_secs.max(1)),
+                }
+            }
+        };
+
+        let webhook_secret = non_empty(args.webhook_secret.as_ref()).map(Secret::new);
+        let api_token = non_empty(args.api_token.as_ref()).map(Secret::new);
+        if !args.insecure_dev {
+            if webhook_secret.is_none() {
+                missing.push("WEBHOOK_SECRET");
+            }
+            if api_token.is_none() {
+                missing.push("API_TOKEN");
+            }
+        }
+        if args.call_concurrency == 0 {
+            return Err(ConfigError::Invalid {
+                name: "CALL_CONCURRENCY",
+                reason: "must be at least 1".into(),
+            });
+        }
+        let Some(database) = database.filter(|_| missing.is_empty()) else {
+            return Err(ConfigError::Missing(missing));
+        };
+        let public_base_url = non_empty(args.public_base_url.as_ref())
+            .unwrap_or_else(|| format!("http://{}", args.bind_addr))
+            .trim_end_matches('/')
+            .to_owned();
+        Ok(Self {
+            bind_addr: args.bind_addr,
+            database,
+            telephony,
+            webhook_secret,
+            api_token,
+            conversation_wait: Duration::from_millis(args.webhook_conversation_wait_ms),
+            transfer_to_number: args.transfer_to_number.clone(),
+            dispatcher_name: args.dispatcher_name.clone(),
+            public_base_url,
+            call_concurrency: args.call_concurrency,
+            max_body_bytes: args.max_body_bytes.max(1024),
+            insecure_dev: args.insecure_dev,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn parse(args: &[&str]) -> Result<Settings, ConfigError> {
+        let cli = crate::cli::Cli::try_parse_from(
+            std::iter::once("calls-server").chain(args.iter().copied()),
+        )
+        .expect("cli parses");
+        Settings::from_args(&cli.serve)
+    }
+
+    #[test]
+    fn every_missing_required_setting_is_named() {
+        // Clear what the environment could supply.
+        for var in [
+            "DATABASE_URL",
+            "WEBHOOK_SECRET",
+            "API_TOKEN",
+            "ELEVENLABS_API_KEY",
+            "ELEVENLABS_AGENT_ID",
+            "ELEVENLABS_AGENT_PHONE_NUMBER_ID",
+            "TELEPHONY",
+            "INSECURE_DEV",
+        ] {
+            if std::env::var_os(var).is_some() {
+                eprintln!("{var} is set in the environment; skipping");
+                return;
+            }
+        }
+        let err = parse(&[]).expect_err("nothing configured");
+        let text = err.to_string();
+        for name in [
+            "DATABASE_URL",
+            "ELEVENLABS_API_KEY",
+            "ELEVENLABS_AGENT_ID",
+            "ELEVENLABS_AGENT_PHONE_NUMBER_ID",
+            "WEBHOOK_SECRET",
+            "API_TOKEN",
+        ] {
+            assert!(text.contains(name), "{text} should name {name}");
+        }
+    }
+
+    #[test]
+    fn simulated_and_insecure_dev_need_only_the_database() {
+        let settings = parse(&[
+            "--database-url",
+            "postgres://localhost/x",
+            "--telephony",
+            "simulated",
+            "--insecure-dev",
+        ])
+        .expect("valid");
+        assert!(settings.webhook_secret.is_none() || std::env::var_os("WEBHOOK_SECRET").is_some());
+        assert_eq!(settings.public_base_url, "http://127.0.0.1:8080");
+    }
+
+    #[test]
+    fn secrets_do_not_show_in_debug_output() {
+        let settings = parse(&[
+            "--database-url",
+            "postgres://u:dbpass@localhost/x",
+            "--telephony",
+            "simulated",
+            "--webhook-secret",
+            "whsec_topsecret",
+            "--api-token",
+            "tok_topsecret",
+        ])
+        .expect("valid");
+        let debug = format!("{settings:?}");
+        assert!(!debug.contains("topsecret"), "{debug}");
+        assert!(!debug.contains("dbpass"), "{debug}");
+    }
+
+    #[test]
+    fn a_bad_schema_name_is_refused() {
+        let err = parse(&[
+            "--database-url",
+            "postgres://x/y",
+            "--database-schema",
+            "a;b",
+        ])
+        .expect_err("invalid");
+        assert!(err.to_string().contains("DATABASE_SCHEMA"));
+    }
+}

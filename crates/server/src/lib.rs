@@ -1,0 +1,14 @@
+//! The `calls-server` binary's library: configuration, HTTP routes, auth, telemetry and
+//! wiring. The domain lives in `calls-domain`; adapters in `calls-store-postgres` and
+//! `calls-elevenlabs`. This crate only wires and translates.
+
+pub mod auth;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod errors;
+pub mod metrics;
+pub mod middleware;
+pub mod routes;
+pub mod startup;
+pub mod telemetry;

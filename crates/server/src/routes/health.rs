@@ -1,0 +1,25 @@
+use actix_web::{HttpResponse, web};
+use serde_json::json;
+
+use crate::errors::ApiError;
+use crate::startup::AppState;
+
+/// The process is up and serving.
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+/// The database answers; 503 otherwise (a load balancer stops routing here).
+pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    match state.repository.ping().await {
+        Ok(()) => Ok(HttpResponse::Ok().json(json!({"status": "ready"}))),
+        Err(e) => {
+            tracing::warn!(error.message = %e, "not ready: database unreachable");
+            Err(ApiError::new(
+                actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+                "Service not ready",
+                "Database unreachable",
+            ))
+        }
+    }
+}

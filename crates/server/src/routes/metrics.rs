@@ -1,0 +1,40 @@
+use actix_web::{HttpResponse, web};
+
+use crate::metrics::Gauge;
+use crate::startup::AppState;
+
+/// Prometheus text format.
+pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    let mut gauges = Vec::new();
+    if let Some(pool) = &state.pool {
+        let stats = pool.stats();
+        for (label, value) in [
+            ("max", stats.max_size),
+            ("open", stats.size),
+            ("in_use", stats.in_use),
+            ("idle", stats.available),
+        ] {
+            gauges.push(Gauge {
+                name: "db_pool_connections",
+                help: "Database pool connections by state",
+                labels: vec![("state", label.to_owned())],
+                value: value as f64,
+            });
+        }
+        gauges.push(Gauge {
+            name: "db_pool_waiters",
+            help: "Requests waiting for a database connection",
+            labels: vec![],
+            value: stats.waiting as f64,
+        });
+    }
+    gauges.push(Gauge {
+        name: "db_retries_total",
+        help: "Database operations retried after a transient failure (counter since start)",
+        labels: vec![],
+        value: calls_store_postgres::retries_taken() as f64,
+    });
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(state.metrics.render(&gauges))
+}

@@ -1,0 +1,138 @@
+//! Wiring: build the adapters from settings, then the HTTP server on a bound listener
+//! (port 0 in tests).
+
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use actix_web::dev::Server;
+use actix_web::{App, HttpServer, middleware, web};
+use anyhow::Context;
+use calls_domain::service::RecordTurn;
+use calls_domain::{CallRepository, Telephony};
+use calls_elevenlabs::{
+    ElevenLabsConfig, ElevenLabsTelephony, SimulatedConfig, SimulatedTelephony,
+};
+use calls_store_postgres::{DbPool, PgCallRepository, RetryPolicy, build_pool};
+
+use crate::config::{Settings, TelephonySettings};
+use crate::metrics::Metrics;
+use crate::middleware::request_context;
+use crate::routes;
+
+/// Shared by every request.
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    pub repository: Arc<dyn CallRepository>,
+    pub telephony: Arc<dyn Telephony>,
+    pub record_turn: RecordTurn,
+    pub metrics: Arc<Metrics>,
+    /// For pool gauges; `None` when the repository is not PostgreSQL (tests with mocks).
+    pub pool: Option<DbPool>,
+}
+
+pub struct Application {
+    port: u16,
+    server: Server,
+    state: web::Data<AppState>,
+}
+
+pub fn build_telephony(settings: &Settings) -> anyhow::Result<Arc<dyn Telephony>> {
+    Ok(match &settings.telephony {
+        TelephonySettings::ElevenLabs {
+            base_url,
+            api_key,
+            agent_id,
+            agent_phone_number_id,
+            timeout,
+        } => Arc::new(
+            ElevenLabsTelephony::new(ElevenLabsConfig {
+                base_url: base_url.clone(),
+                api_key: api_key.expose().to_owned(),
+                agent_id: agent_id.clone(),
+                agent_phone_number_id: agent_phone_number_id.clone(),
+                timeout: *timeout,
+            })
+            .context("building the ElevenLabs client")?,
+        ),
+        TelephonySettings::Simulated => Arc::new(
+            SimulatedTelephony::new(SimulatedConfig::new(
+                settings.public_base_url.clone(),
+                settings
+                    .webhook_secret
+                    .as_ref()
+                    .map(|s| s.expose().to_owned())
+                    .unwrap_or_default(),
+            ))
+            .context("building the simulated telephony")?,
+        ),
+    })
+}
+
+impl Application {
+    /// Builds the PostgreSQL repository and the configured telephony, binds the listener.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let pool = build_pool(&settings.database).context("building the database pool")?;
+        let repository = Arc::new(PgCallRepository::new(pool.clone(), RetryPolicy::default()));
+        let telephony = build_telephony(&settings)?;
+        Self::build_with(settings, repository, telephony, Some(pool))
+    }
+
+    /// Builds on given adapters (tests).
+    pub fn build_with(
+        settings: Settings,
+        repository: Arc<dyn CallRepository>,
+        telephony: Arc<dyn Telephony>,
+        pool: Option<DbPool>,
+    ) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(settings.bind_addr)
+            .with_context(|| format!("binding {}", settings.bind_addr))?;
+        let port = listener.local_addr()?.port();
+        let settings = Arc::new(settings);
+        if settings.insecure_dev {
+            tracing::warn!(
+                "INSECURE DEVELOPMENT MODE: endpoints without a configured secret accept unauthenticated requests. Never run this in production."
+            );
+        }
+        let state = web::Data::new(AppState {
+            record_turn: RecordTurn::new(repository.clone(), settings.conversation_wait),
+            settings: settings.clone(),
+            repository,
+            telephony,
+            metrics: Arc::new(Metrics::new()),
+            pool,
+        });
+        let server = run(listener, state.clone())?;
+        Ok(Self {
+            port,
+            server,
+            state,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn state(&self) -> web::Data<AppState> {
+        self.state.clone()
+    }
+
+    /// Serves until SIGTERM/SIGINT, then finishes in-flight requests (up to 30 s).
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}
+
+fn run(listener: TcpListener, state: web::Data<AppState>) -> std::io::Result<Server> {
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .wrap(middleware::from_fn(request_context))
+            .configure(routes::configure)
+            .default_service(web::to(routes::not_found))
+    })
+    .listen(listener)?
+    .shutdown_timeout(30)
+    .run();
+    Ok(server)
+}

@@ -1,0 +1,9 @@
+//! HTTP tests: the real server on port 0, a real PostgreSQL schema per test, and a fake
+//! ElevenLabs (wiremock).
+
+mod calls;
+mod health;
+mod helpers;
+mod outage;
+mod startup;
+mod transcription_webhook;
