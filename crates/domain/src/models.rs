@@ -1,12 +1,16 @@
 //! Entities and value types. Value types parse rather than validate: once you hold a
 //! `CallSid`, it is a valid one.
 
+mod batch;
 mod call;
 mod call_sid;
 mod conversation_id;
 mod phone_number;
 mod transcription;
 
+pub use batch::{
+    BatchCall, DriverCall, InvalidBatch, RawBatch, RawDriver, RawViolation, Violation,
+};
 pub use call::{Call, CallStatus, NewCall, UnknownCallStatus};
 pub use call_sid::{CallSid, CallSidError};
 pub use conversation_id::{ConversationId, ConversationIdError};

@@ -10,6 +10,8 @@ use crate::models::{
 
 pub mod telephony;
 
+#[cfg(any(test, feature = "mocks"))]
+pub use telephony::MockTelephony;
 pub use telephony::{OutboundCall, PlacedCall, Telephony, TelephonyError};
 
 /// Boxed cause carried by the catch-all variants, so chains are kept (never a `String`).

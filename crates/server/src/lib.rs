@@ -12,3 +12,4 @@ pub mod middleware;
 pub mod routes;
 pub mod startup;
 pub mod telemetry;
+pub mod telephony_metrics;

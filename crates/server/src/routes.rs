@@ -6,14 +6,18 @@ use futures_util::StreamExt;
 
 use crate::errors::ApiError;
 
+pub mod batch_calls;
 pub mod calls;
 pub mod health;
 pub mod metrics;
+pub mod post_call_webhook;
 pub mod transcription_webhook;
 
 /// Every route the service serves, in one place (the OpenAPI test compares against it).
 pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/webhooks/elevenlabs/transcription"),
+    ("POST", "/webhooks/elevenlabs/post-call"),
+    ("POST", "/driver_data/call-elevenlabs"),
     ("GET", "/calls/{call_sid}"),
     ("GET", "/calls/{call_sid}/transcriptions"),
     ("GET", "/healthz"),
@@ -25,6 +29,16 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::resource("/webhooks/elevenlabs/transcription")
             .route(web::post().to(transcription_webhook::receive))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/webhooks/elevenlabs/post-call")
+            .route(web::post().to(post_call_webhook::receive))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/driver_data/call-elevenlabs")
+            .route(web::post().to(batch_calls::place))
             .default_service(web::to(method_not_allowed)),
     )
     .service(

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use actix_web::dev::Server;
 use actix_web::{App, HttpServer, middleware, web};
 use anyhow::Context;
-use calls_domain::service::RecordTurn;
+use calls_domain::service::{ApplyPostCall, CallContext, PlaceCalls, RecordTurn};
 use calls_domain::{CallRepository, Telephony};
 use calls_elevenlabs::{
     ElevenLabsConfig, ElevenLabsTelephony, SimulatedConfig, SimulatedTelephony,
@@ -18,6 +18,7 @@ use crate::config::{Settings, TelephonySettings};
 use crate::metrics::Metrics;
 use crate::middleware::request_context;
 use crate::routes;
+use crate::telephony_metrics::MeasuredTelephony;
 
 /// Shared by every request.
 pub struct AppState {
@@ -25,6 +26,8 @@ pub struct AppState {
     pub repository: Arc<dyn CallRepository>,
     pub telephony: Arc<dyn Telephony>,
     pub record_turn: RecordTurn,
+    pub place_calls: PlaceCalls,
+    pub post_call: ApplyPostCall,
     pub metrics: Arc<Metrics>,
     /// For pool gauges; `None` when the repository is not PostgreSQL (tests with mocks).
     pub pool: Option<DbPool>,
@@ -93,12 +96,26 @@ impl Application {
                 "INSECURE DEVELOPMENT MODE: endpoints without a configured secret accept unauthenticated requests. Never run this in production."
             );
         }
+        let metrics = Arc::new(Metrics::new());
+        let telephony: Arc<dyn Telephony> =
+            Arc::new(MeasuredTelephony::new(telephony, metrics.clone()));
+        let context = CallContext {
+            dispatcher_name: settings.dispatcher_name.clone(),
+            transfer_to_number: settings.transfer_to_number.clone(),
+        };
         let state = web::Data::new(AppState {
             record_turn: RecordTurn::new(repository.clone(), settings.conversation_wait),
+            place_calls: PlaceCalls::new(
+                repository.clone(),
+                telephony.clone(),
+                context,
+                settings.call_concurrency,
+            ),
+            post_call: ApplyPostCall::new(repository.clone()),
             settings: settings.clone(),
             repository,
             telephony,
-            metrics: Arc::new(Metrics::new()),
+            metrics,
             pool,
         });
         let server = run(listener, state.clone())?;

@@ -1,0 +1,131 @@
+//! `POST /webhooks/elevenlabs/post-call`: ElevenLabs' own post-call webhook (signed).
+//! Only 200 counts as delivered for ElevenLabs, and it disables webhooks that keep
+//! failing, so events we cannot use are acknowledged with 200 and a log line.
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use calls_domain::service::{PostCallError, PostCallEvent, PostCallOutcome};
+use calls_domain::{CallSid, ConversationId};
+use serde_json::{Map, Value, json};
+use time::OffsetDateTime;
+
+use crate::auth::{WebhookAuth, verify_webhook};
+use crate::errors::ApiError;
+use crate::routes::{parse_json_object, read_body, require_json};
+use crate::startup::AppState;
+
+fn ok(message: String) -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "success", "message": message}))
+}
+
+fn call_sid_of(data: &Map<String, Value>) -> Option<CallSid> {
+    data.get("conversation_initiation_client_data")?
+        .get("dynamic_variables")?
+        .get("call_sid")?
+        .as_str()
+        .and_then(|s| CallSid::parse(s).ok())
+}
+
+fn conversation_of(data: &Map<String, Value>) -> Option<ConversationId> {
+    data.get("conversation_id")?
+        .as_str()
+        .and_then(|s| ConversationId::parse(s).ok())
+}
+
+fn int(value: Option<&Value>) -> Option<i64> {
+    match value? {
+        Value::Number(n) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+pub async fn receive(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    // post_call_audio events can be large; they are acknowledged without being kept.
+    let limit = state.settings.max_body_bytes.max(16 * 1024 * 1024);
+    let body = read_body(&req, payload, limit).await?;
+    verify_webhook(
+        &req,
+        &body,
+        state.settings.webhook_secret.as_ref(),
+        WebhookAuth::SignatureOnly,
+        OffsetDateTime::now_utc().unix_timestamp(),
+    )?;
+    require_json(&req)?;
+    let object = parse_json_object(&body)?;
+    let kind = object
+        .get("type")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::bad_request("Invalid post-call event", "'type' is required"))?;
+    let data = object
+        .get("data")
+        .and_then(Value::as_object)
+        .ok_or_else(|| {
+            ApiError::bad_request("Invalid post-call event", "'data' must be an object")
+        })?;
+
+    let event = match kind {
+        "post_call_transcription" => {
+            let conversation_id = conversation_of(data).ok_or_else(|| {
+                ApiError::bad_request(
+                    "Invalid post-call event",
+                    "'data.conversation_id' is required",
+                )
+            })?;
+            let metadata = data.get("metadata");
+            PostCallEvent::Transcription {
+                conversation_id,
+                call_sid: call_sid_of(data),
+                start_unix_secs: int(metadata.and_then(|m| m.get("start_time_unix_secs"))),
+                duration_secs: int(metadata.and_then(|m| m.get("call_duration_secs"))),
+            }
+        }
+        "call_initiation_failure" => PostCallEvent::InitiationFailure {
+            conversation_id: conversation_of(data),
+            call_sid: call_sid_of(data),
+            reason: data
+                .get("failure_reason")
+                .and_then(Value::as_str)
+                .unwrap_or("unknown")
+                .to_owned(),
+        },
+        other => {
+            tracing::info!(
+                event_type = other,
+                "post-call event acknowledged and ignored"
+            );
+            return Ok(ok(format!("Event type {other} acknowledged")));
+        }
+    };
+    if let PostCallEvent::Transcription {
+        call_sid: Some(sid),
+        ..
+    }
+    | PostCallEvent::InitiationFailure {
+        call_sid: Some(sid),
+        ..
+    } = &event
+    {
+        tracing::Span::current().record("call_sid", sid.as_str());
+    }
+    let outcome = state
+        .post_call
+        .execute(&event)
+        .await
+        .map_err(|e| match &e {
+            PostCallError::Unavailable(_) => ApiError::db_unavailable(&e),
+            PostCallError::Unexpected(_) => ApiError::internal(&e),
+        })?;
+    Ok(match outcome {
+        PostCallOutcome::Completed(sid) => ok(format!("Call {sid} completed")),
+        PostCallOutcome::Failed(sid) => ok(format!("Call {sid} marked failed")),
+        PostCallOutcome::Unchanged(sid) => ok(format!("Call {sid} already final; nothing changed")),
+        PostCallOutcome::UnknownCall => {
+            tracing::warn!(event_type = kind, "post-call event for an unknown call");
+            ok("No matching call; event acknowledged".to_owned())
+        }
+    })
+}

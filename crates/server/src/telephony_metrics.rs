@@ -1,0 +1,56 @@
+//! A `Telephony` decorator that measures every outbound-call request: latency histogram
+//! and outcome counter. Keeps metrics out of the domain and the adapter.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use calls_domain::ports::{OutboundCall, PlacedCall, Telephony, TelephonyError};
+
+use crate::metrics::Metrics;
+
+pub struct MeasuredTelephony {
+    inner: Arc<dyn Telephony>,
+    metrics: Arc<Metrics>,
+}
+
+impl MeasuredTelephony {
+    pub fn new(inner: Arc<dyn Telephony>, metrics: Arc<Metrics>) -> Self {
+        Self { inner, metrics }
+    }
+}
+
+fn outcome(result: &Result<PlacedCall, TelephonyError>) -> &'static str {
+    match result {
+        Ok(_) => "placed",
+        Err(TelephonyError::Unauthorized { .. }) => "unauthorized",
+        Err(TelephonyError::Rejected { .. }) => "rejected",
+        Err(TelephonyError::RateLimited { .. }) => "rate_limited",
+        Err(TelephonyError::ServerError { .. }) => "server_error",
+        Err(TelephonyError::NotPlaced { .. }) => "not_placed",
+        Err(TelephonyError::MissingConversationId) => "missing_conversation_id",
+        Err(TelephonyError::Timeout(_)) => "timeout",
+        Err(TelephonyError::Unreachable(_)) => "unreachable",
+        Err(TelephonyError::Unexpected(_)) => "unexpected",
+    }
+}
+
+#[async_trait]
+impl Telephony for MeasuredTelephony {
+    async fn place_call(&self, call: &OutboundCall) -> Result<PlacedCall, TelephonyError> {
+        let started = Instant::now();
+        let result = self.inner.place_call(call).await;
+        self.metrics.observe(
+            "elevenlabs_request_duration_seconds",
+            "Latency of outbound-call requests to the telephony provider",
+            vec![],
+            started.elapsed(),
+        );
+        self.metrics.inc(
+            "calls_placed_total",
+            "Outbound calls by outcome",
+            vec![("outcome", outcome(&result).to_owned())],
+        );
+        result
+    }
+}
