@@ -23,7 +23,6 @@ static TRACING: LazyLock<()> = LazyLock::new(|| {
 pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,
-    #[allow(dead_code)] // used by the batch-call tests
     pub elevenlabs: MockServer,
     pub state: actix_web::web::Data<AppState>,
     pub repository: PgCallRepository,

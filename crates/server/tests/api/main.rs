@@ -1,9 +1,11 @@
 //! HTTP tests: the real server on port 0, a real PostgreSQL schema per test, and a fake
 //! ElevenLabs (wiremock).
 
+mod batch_calls;
 mod calls;
 mod health;
 mod helpers;
 mod outage;
+mod post_call;
 mod startup;
 mod transcription_webhook;

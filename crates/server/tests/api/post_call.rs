@@ -1,0 +1,156 @@
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, WEBHOOK_SECRET, assert_envelope, now, sign, spawn_app};
+
+fn transcription_event(conversation_id: &str, call_sid: Option<&str>) -> Value {
+    let mut data = json!({
+        "agent_id": "agent_test",
+        "conversation_id": conversation_id,
+        "status": "done",
+        "transcript": [{"role": "agent", "message": "Hi", "time_in_call_secs": 0}],
+        "metadata": {"start_time_unix_secs": 1_732_183_200, "call_duration_secs": 95}
+    });
+    if let Some(sid) = call_sid {
+        data["conversation_initiation_client_data"] =
+            json!({"dynamic_variables": {"call_sid": sid}});
+    }
+    json!({"type": "post_call_transcription", "event_timestamp": 1_732_183_300, "data": data})
+}
+
+impl TestApp {
+    async fn post_call_event(&self, event: &Value) -> reqwest::Response {
+        let body = serde_json::to_vec(event).expect("json");
+        self.client
+            .post(self.url("/webhooks/elevenlabs/post-call"))
+            .header("Content-Type", "application/json")
+            .header("ElevenLabs-Signature", sign(&body, now()))
+            .body(body)
+            .send()
+            .await
+            .expect("sent")
+    }
+
+    async fn call_json(&self, sid: &str) -> Value {
+        self.get_authed(&format!("/calls/{sid}"))
+            .await
+            .json()
+            .await
+            .expect("json")
+    }
+}
+
+#[tokio::test]
+async fn post_call_transcription_completes_the_call_and_a_repeat_changes_nothing() {
+    let app = spawn_app().await;
+    app.create_call("EL_51_done", Some("conv_done")).await;
+
+    let first = app
+        .post_call_event(&transcription_event("conv_done", None))
+        .await;
+    assert_eq!(first.status().as_u16(), 200);
+    let after_first = app.call_json("EL_51_done").await;
+    let second = app
+        .post_call_event(&transcription_event("conv_done", None))
+        .await;
+    let after_second = app.call_json("EL_51_done").await;
+
+    assert_eq!(after_first["status"], "completed");
+    assert_eq!(after_first["call_end_time"], "2024-11-21T10:01:35Z");
+    assert_eq!(second.status().as_u16(), 200);
+    assert_eq!(
+        after_second, after_first,
+        "a repeated delivery changes nothing"
+    );
+}
+
+#[tokio::test]
+async fn a_call_that_timed_out_on_our_side_is_found_by_call_sid_and_completed() {
+    let app = spawn_app().await;
+    app.create_call("EL_52_late", None).await;
+    app.db
+        .execute("UPDATE calls SET status = 'failed', failure_reason = 'timeout' WHERE call_sid = 'EL_52_late'")
+        .await;
+
+    let response = app
+        .post_call_event(&transcription_event("conv_late_52", Some("EL_52_late")))
+        .await;
+
+    assert_eq!(response.status().as_u16(), 200);
+    let call = app.call_json("EL_52_late").await;
+    assert_eq!(call["status"], "completed");
+    assert_eq!(call["conversation_id"], "conv_late_52");
+    assert_eq!(call["failure_reason"], Value::Null);
+}
+
+#[tokio::test]
+async fn call_initiation_failure_fails_the_call() {
+    let app = spawn_app().await;
+    app.create_call("EL_53_busy", Some("conv_busy")).await;
+    let event = json!({"type": "call_initiation_failure", "event_timestamp": "1732183300",
+        "data": {"agent_id": "agent_test", "conversation_id": "conv_busy", "failure_reason": "busy", "metadata": {"type": "twilio", "body": {}}}});
+
+    let response = app.post_call_event(&event).await;
+
+    assert_eq!(response.status().as_u16(), 200);
+    let call = app.call_json("EL_53_busy").await;
+    assert_eq!(call["status"], "failed");
+    assert_eq!(call["failure_reason"], "call initiation failure: busy");
+}
+
+#[tokio::test]
+async fn an_unknown_call_or_other_event_type_is_acknowledged() {
+    let app = spawn_app().await;
+
+    let unknown = app
+        .post_call_event(&transcription_event("conv_nobody", Some("EL_nobody")))
+        .await;
+    let audio = app
+        .post_call_event(&json!({"type": "post_call_audio", "event_timestamp": 1, "data": {"agent_id": "a", "conversation_id": "c", "full_audio": "AAAA"}}))
+        .await;
+
+    assert_eq!(unknown.status().as_u16(), 200);
+    assert_eq!(audio.status().as_u16(), 200);
+}
+
+#[tokio::test]
+async fn the_post_call_webhook_accepts_the_signature_only() {
+    let app = spawn_app().await;
+    app.create_call("EL_54_auth", Some("conv_auth")).await;
+    let body = serde_json::to_vec(&transcription_event("conv_auth", None)).expect("json");
+
+    let bearer = app
+        .client
+        .post(app.url("/webhooks/elevenlabs/post-call"))
+        .header("Content-Type", "application/json")
+        .bearer_auth(WEBHOOK_SECRET)
+        .body(body.clone())
+        .send()
+        .await
+        .expect("sent");
+    let stale = app
+        .client
+        .post(app.url("/webhooks/elevenlabs/post-call"))
+        .header("Content-Type", "application/json")
+        .header("ElevenLabs-Signature", sign(&body, now() - 3600))
+        .body(body)
+        .send()
+        .await
+        .expect("sent");
+
+    assert_envelope(bearer, 401).await;
+    assert_envelope(stale, 401).await;
+    assert_eq!(app.call_json("EL_54_auth").await["status"], "in_progress");
+}
+
+#[tokio::test]
+async fn a_malformed_event_is_400() {
+    let app = spawn_app().await;
+    for event in [
+        json!({"data": {}}),
+        json!({"type": "post_call_transcription"}),
+        json!({"type": "post_call_transcription", "data": {"agent_id": "x"}}),
+    ] {
+        let response = app.post_call_event(&event).await;
+        assert_envelope(response, 400).await;
+    }
+}
