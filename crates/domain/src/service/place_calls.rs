@@ -66,7 +66,7 @@ pub struct PlaceCalls {
 /// Outcome of one driver before it becomes a result; `Conflict` means another request
 /// created this call_sid between our check and our insert.
 enum One {
-    Done(DriverCallResult),
+    Done(Box<DriverCallResult>),
     Conflict(CallSid),
 }
 
@@ -114,7 +114,7 @@ impl PlaceCalls {
         let mut conflicts = Vec::new();
         for one in outcomes {
             match one {
-                One::Done(r) => results.push(r),
+                One::Done(r) => results.push(*r),
                 One::Conflict(sid) => conflicts.push(sid),
             }
         }
@@ -189,7 +189,10 @@ impl PlaceCalls {
             Err(RepositoryError::Conflict(_)) => return One::Conflict(driver.call_sid.clone()),
             Err(e) => {
                 tracing::error!(error.message = %e, "could not record the call; not dialing");
-                return One::Done(failed(driver, &format!("could not record the call: {e}")));
+                return One::Done(Box::new(failed(
+                    driver,
+                    &format!("could not record the call: {e}"),
+                )));
             }
         }
         match self.telephony.place_call(&self.outbound(driver)).await {
@@ -203,13 +206,13 @@ impl PlaceCalls {
                     tracing::error!(error.message = %e, "call placed but its conversation_id was not stored");
                 }
                 tracing::info!(conversation_id = %placed.conversation_id, "call placed");
-                One::Done(DriverCallResult {
+                One::Done(Box::new(DriverCallResult {
                     driver: driver.clone(),
                     conversation_id: Some(placed.conversation_id),
                     provider_call_id: placed.provider_call_id,
                     status: CallStatus::InProgress,
                     error: None,
-                })
+                }))
             }
             Err(e) => {
                 let reason = e.to_string();
@@ -226,7 +229,7 @@ impl PlaceCalls {
                 {
                     tracing::error!(error.message = %db, "could not mark the call failed");
                 }
-                One::Done(failed(driver, &reason))
+                One::Done(Box::new(failed(driver, &reason)))
             }
         }
     }
