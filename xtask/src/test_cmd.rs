@@ -1,4 +1,5 @@
-//! `cargo xtask test`: the whole workspace's tests against a real database, then the demo.
+//! `cargo xtask test`: the end-to-end demo, then the whole workspace's tests against a real
+//! database (the test runner's summary closes the output, where CI reads it).
 
 use std::process::Stdio;
 use std::time::Instant;
@@ -24,6 +25,9 @@ fn run_tests(args: &[String]) -> Result<()> {
     let extra = args.iter().filter(|a| *a != "--no-demo");
     let root = project_root()?;
     let db_url = ensure_database()?;
+    if !no_demo {
+        demo_on(&db_url)?;
+    }
 
     // nextest is faster and isolates tests in processes; plain cargo test works everywhere.
     let has_nextest = cargo(&root)
@@ -50,9 +54,5 @@ fn run_tests(args: &[String]) -> Result<()> {
             "cargo test"
         },
     )?;
-
-    if !no_demo {
-        demo_on(&db_url)?;
-    }
     Ok(())
 }

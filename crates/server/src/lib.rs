@@ -9,6 +9,7 @@ pub mod config;
 pub mod errors;
 pub mod metrics;
 pub mod middleware;
+pub mod openapi;
 pub mod routes;
 pub mod startup;
 pub mod telemetry;

@@ -13,59 +13,77 @@ pub mod metrics;
 pub mod post_call_webhook;
 pub mod transcription_webhook;
 
-/// Every route the service serves, in one place (the OpenAPI test compares against it).
-pub const ROUTES: &[(&str, &str)] = &[
-    ("POST", "/webhooks/elevenlabs/transcription"),
-    ("POST", "/webhooks/elevenlabs/post-call"),
-    ("POST", "/driver_data/call-elevenlabs"),
-    ("GET", "/calls/{call_sid}"),
-    ("GET", "/calls/{call_sid}/transcriptions"),
-    ("GET", "/healthz"),
-    ("GET", "/readyz"),
-    ("GET", "/metrics"),
-];
+/// One route of the service. The router and the OpenAPI test both read [`routes`], so the
+/// served routes and the documented ones cannot drift apart.
+pub struct RouteSpec {
+    pub method: &'static str,
+    pub path: &'static str,
+    make: fn() -> actix_web::Route,
+}
+
+pub fn routes() -> Vec<RouteSpec> {
+    vec![
+        RouteSpec {
+            method: "POST",
+            path: "/webhooks/elevenlabs/transcription",
+            make: || web::post().to(transcription_webhook::receive),
+        },
+        RouteSpec {
+            method: "POST",
+            path: "/webhooks/elevenlabs/post-call",
+            make: || web::post().to(post_call_webhook::receive),
+        },
+        RouteSpec {
+            method: "POST",
+            path: "/driver_data/call-elevenlabs",
+            make: || web::post().to(batch_calls::place),
+        },
+        RouteSpec {
+            method: "GET",
+            path: "/calls/{call_sid}",
+            make: || web::get().to(calls::get_call),
+        },
+        RouteSpec {
+            method: "GET",
+            path: "/calls/{call_sid}/transcriptions",
+            make: || web::get().to(calls::get_transcriptions),
+        },
+        RouteSpec {
+            method: "GET",
+            path: "/healthz",
+            make: || web::get().to(health::healthz),
+        },
+        RouteSpec {
+            method: "GET",
+            path: "/readyz",
+            make: || web::get().to(health::readyz),
+        },
+        RouteSpec {
+            method: "GET",
+            path: "/metrics",
+            make: || web::get().to(metrics::metrics),
+        },
+        RouteSpec {
+            method: "GET",
+            path: "/openapi.json",
+            make: || web::get().to(crate::openapi::openapi_json),
+        },
+        RouteSpec {
+            method: "GET",
+            path: "/docs",
+            make: || web::get().to(crate::openapi::docs_page),
+        },
+    ]
+}
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::resource("/webhooks/elevenlabs/transcription")
-            .route(web::post().to(transcription_webhook::receive))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::resource("/webhooks/elevenlabs/post-call")
-            .route(web::post().to(post_call_webhook::receive))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::resource("/driver_data/call-elevenlabs")
-            .route(web::post().to(batch_calls::place))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::resource("/calls/{call_sid}")
-            .route(web::get().to(calls::get_call))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::resource("/calls/{call_sid}/transcriptions")
-            .route(web::get().to(calls::get_transcriptions))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::resource("/healthz")
-            .route(web::get().to(health::healthz))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::resource("/readyz")
-            .route(web::get().to(health::readyz))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::resource("/metrics")
-            .route(web::get().to(metrics::metrics))
-            .default_service(web::to(method_not_allowed)),
-    );
+    for route in routes() {
+        cfg.service(
+            web::resource(route.path)
+                .route((route.make)())
+                .default_service(web::to(method_not_allowed)),
+        );
+    }
 }
 
 pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {

@@ -229,7 +229,10 @@ async fn batched_backfill_gives_exactly_what_the_migration_gives() {
     to(&by_command, LATEST).await;
     assert_eq!(by_command.strings(query).await.len(), 10_000);
     let helper = by_command
-        .strings("SELECT indexname AS value FROM pg_indexes WHERE indexname LIKE '%backfill%'")
+        .strings(&format!(
+            "SELECT indexname AS value FROM pg_indexes WHERE schemaname = '{}' AND indexname LIKE '%backfill%'",
+            by_command.schema()
+        ))
         .await;
     assert!(helper.is_empty(), "the helper index is dropped: {helper:?}");
 }

@@ -12,7 +12,7 @@ use crate::errors::ApiError;
 use crate::routes::{parse_json_object, read_body, require_json};
 use crate::startup::AppState;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DriverView {
     #[serde(rename = "driverId")]
     pub driver_id: i64,
@@ -22,12 +22,13 @@ pub struct DriverView {
     pub phone_number: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CallResultView {
     pub call_sid: String,
     pub conversation_id: Option<String>,
     #[serde(rename = "callSid")]
     pub provider_call_sid: Option<String>,
+    /// `in_progress` when placed, `failed` otherwise.
     pub status: &'static str,
     pub driver: DriverView,
     pub triggers_count: usize,
@@ -160,6 +161,24 @@ fn invalid(problems: &[String]) -> ApiError {
     ApiError::bad_request("Invalid batch request", problems.join("; "))
 }
 
+/// Place one call per driver: the Call is written before ElevenLabs is asked to dial.
+///
+/// The whole batch is validated first; drivers are dialed concurrently (`CALL_CONCURRENCY`).
+#[utoipa::path(
+    post,
+    path = "/driver_data/call-elevenlabs",
+    tag = "calls",
+    request_body(content = crate::openapi::BatchCallRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Every call placed", body = crate::openapi::BatchCallResponse),
+        (status = 207, description = "Some calls failed (see each call's status and error)", body = crate::openapi::BatchCallResponse),
+        (status = 400, description = "Invalid batch; nothing written, nobody dialed", body = crate::openapi::ErrorBody),
+        (status = 401, description = "Missing or invalid API token", body = crate::openapi::ErrorBody),
+        (status = 409, description = "A call_sid exists already (a retried request); nobody dialed", body = crate::openapi::ErrorBody),
+        (status = 502, description = "Every call failed; the Calls exist as failed", body = crate::openapi::BatchCallResponse),
+    ),
+    security(("api_token" = []))
+)]
 pub async fn place(
     req: HttpRequest,
     payload: web::Payload,

@@ -11,7 +11,7 @@ use crate::startup::AppState;
 
 use time::serde::rfc3339 as rfc3339_utc;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CallView {
     pub call_sid: String,
     pub conversation_id: Option<String>,
@@ -44,7 +44,7 @@ impl From<Call> for CallView {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TurnView {
     pub id: i64,
     pub sequence_number: i32,
@@ -69,7 +69,7 @@ impl From<CallTranscription> for TurnView {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TranscriptView {
     pub call_sid: String,
     pub conversation_id: Option<String>,
@@ -88,6 +88,20 @@ fn unknown(call_sid: &CallSid) -> ApiError {
     )
 }
 
+/// One Call by our call_sid.
+#[utoipa::path(
+    get,
+    path = "/calls/{call_sid}",
+    tag = "calls",
+    params(("call_sid" = String, Path, description = "Our call id, e.g. EL_333_2024-11-21T10:00:00Z")),
+    responses(
+        (status = 200, description = "The Call", body = CallView),
+        (status = 401, description = "Missing or invalid API token", body = crate::openapi::ErrorBody),
+        (status = 404, description = "No such call", body = crate::openapi::ErrorBody),
+        (status = 500, description = "Database unavailable", body = crate::openapi::ErrorBody),
+    ),
+    security(("api_token" = []))
+)]
 pub async fn get_call(
     req: HttpRequest,
     path: web::Path<String>,
@@ -104,6 +118,20 @@ pub async fn get_call(
     Ok(HttpResponse::Ok().json(CallView::from(call)))
 }
 
+/// The Call's transcript, turns in sequence order.
+#[utoipa::path(
+    get,
+    path = "/calls/{call_sid}/transcriptions",
+    tag = "calls",
+    params(("call_sid" = String, Path, description = "Our call id")),
+    responses(
+        (status = 200, description = "The transcript", body = TranscriptView),
+        (status = 401, description = "Missing or invalid API token", body = crate::openapi::ErrorBody),
+        (status = 404, description = "No such call", body = crate::openapi::ErrorBody),
+        (status = 500, description = "Database unavailable", body = crate::openapi::ErrorBody),
+    ),
+    security(("api_token" = []))
+)]
 pub async fn get_transcriptions(
     req: HttpRequest,
     path: web::Path<String>,

@@ -39,6 +39,22 @@ fn int(value: Option<&Value>) -> Option<i64> {
     }
 }
 
+/// ElevenLabs' post-call webhook: `post_call_transcription` completes the Call (end time =
+/// start + duration), `call_initiation_failure` fails it; repeats change nothing; unknown
+/// calls and other event types are acknowledged with 200.
+#[utoipa::path(
+    post,
+    path = "/webhooks/elevenlabs/post-call",
+    tag = "webhooks",
+    request_body(content = crate::openapi::PostCallEventBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Event applied or acknowledged", body = crate::openapi::Ack),
+        (status = 400, description = "Malformed event", body = crate::openapi::ErrorBody),
+        (status = 401, description = "Missing or invalid ElevenLabs-Signature", body = crate::openapi::ErrorBody),
+        (status = 500, description = "Database unavailable after retries", body = crate::openapi::ErrorBody),
+    ),
+    security(("elevenlabs_signature" = []))
+)]
 pub async fn receive(
     req: HttpRequest,
     payload: web::Payload,

@@ -11,7 +11,8 @@ use crate::errors::ApiError;
 use crate::routes::{parse_json_object, read_body, require_json, string_field};
 use crate::startup::AppState;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"status": "success", "message": "Transcription saved successfully for call_sid EL_123_2024-11-21T10:00:00Z", "transcription_id": 456, "sequence_number": 1}))]
 pub struct TranscriptionSaved {
     pub status: &'static str,
     pub message: String,
@@ -27,6 +28,28 @@ fn outcome(state: &AppState, outcome: &'static str) {
     );
 }
 
+/// Store one dialogue turn for our call_sid (call_sid → Call → conversation_id → turn).
+///
+/// A turn for a Call still waiting for its conversation_id waits up to
+/// `WEBHOOK_CONVERSATION_WAIT_MS`. Sequence numbers are 1, 2, 3, … per call in arrival order.
+#[utoipa::path(
+    post,
+    path = "/webhooks/elevenlabs/transcription",
+    tag = "webhooks",
+    request_body(content = crate::openapi::TranscriptionRequest, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Turn stored", body = TranscriptionSaved),
+        (status = 200, description = "Repeated delivery: nothing stored, the original ids", body = TranscriptionSaved,
+            example = json!({"status": "success", "message": "Transcription already saved for call_sid EL_123_2024-11-21T10:00:00Z", "transcription_id": 456, "sequence_number": 1})),
+        (status = 400, description = "Unknown or incomplete call_sid, or malformed input", body = crate::openapi::ErrorBody),
+        (status = 401, description = "Missing or invalid signature / secret", body = crate::openapi::ErrorBody),
+        (status = 413, description = "Body too large", body = crate::openapi::ErrorBody),
+        (status = 415, description = "Not application/json", body = crate::openapi::ErrorBody),
+        (status = 500, description = "Database unavailable after retries", body = crate::openapi::ErrorBody,
+            example = json!({"status": "error", "message": "Database connection error. Please retry.", "details": "Database temporarily unavailable"})),
+    ),
+    security(("elevenlabs_signature" = []), ("webhook_bearer" = []))
+)]
 pub async fn receive(
     req: HttpRequest,
     payload: web::Payload,

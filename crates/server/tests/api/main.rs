@@ -5,6 +5,7 @@ mod batch_calls;
 mod calls;
 mod health;
 mod helpers;
+mod openapi;
 mod outage;
 mod post_call;
 mod startup;

@@ -1,0 +1,199 @@
+//! The OpenAPI 3 document, generated from the handlers' `#[utoipa::path]` annotations and
+//! the response types, served at `/openapi.json`, and an offline docs page at `/docs`.
+
+use actix_web::HttpResponse;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+
+use crate::routes;
+
+/// The error envelope every failure uses.
+#[derive(ToSchema)]
+#[schema(example = json!({"status": "error", "message": "Call record not found or incomplete for call_sid: EL_INVALID_999", "details": "Cannot save transcription - Call record not found for call_sid: EL_INVALID_999"}))]
+pub struct ErrorBody {
+    /// Always `error`.
+    pub status: String,
+    pub message: String,
+    pub details: String,
+}
+
+/// One dialogue turn, as the ElevenLabs webhook tool sends it.
+#[derive(ToSchema)]
+#[schema(example = json!({"call_sid": "EL_123_2024-11-21T10:00:00Z", "speaker": "agent", "message": "Hello, how are you doing?", "timestamp": "2024-11-21T10:30:00Z"}))]
+pub struct TranscriptionRequest {
+    /// Our call id, from the `call_sid` dynamic variable.
+    pub call_sid: String,
+    /// `agent` or `user` (stored as `driver`).
+    pub speaker: String,
+    pub message: String,
+    /// ISO 8601 with `Z` or an offset; stored in UTC.
+    pub timestamp: String,
+}
+
+#[derive(ToSchema)]
+pub struct ViolationDetail {
+    #[schema(rename = "type")]
+    pub kind: String,
+    pub description: String,
+}
+
+#[derive(ToSchema)]
+pub struct Violations {
+    #[schema(rename = "tripId")]
+    pub trip_id: String,
+    #[schema(rename = "violationDetails")]
+    pub violation_details: Vec<ViolationDetail>,
+}
+
+#[derive(ToSchema)]
+pub struct DriverData {
+    #[schema(rename = "driverId")]
+    pub driver_id: i64,
+    #[schema(rename = "driverName")]
+    pub driver_name: String,
+    /// Any format the phone-number library can normalise to E.164.
+    #[schema(rename = "phoneNumber")]
+    pub phone_number: String,
+    #[schema(rename = "customRules")]
+    pub custom_rules: Option<String>,
+    pub violations: Violations,
+}
+
+/// The dispatcher's batch (the seed's BatchCallRequest).
+#[derive(ToSchema)]
+#[schema(example = json!({"callType": "violation", "timestamp": "2024-11-21T10:00:00Z", "drivers": [{"driverId": 333, "driverName": "Test Driver", "phoneNumber": "+15551234567", "customRules": "", "violations": {"tripId": "trip_123", "violationDetails": [{"type": "temperature", "description": "Temperature out of range"}]}}]}))]
+pub struct BatchCallRequest {
+    #[schema(rename = "callType")]
+    pub call_type: String,
+    /// Used as given in `call_sid = EL_{driverId}_{timestamp}`.
+    pub timestamp: String,
+    pub drivers: Vec<DriverData>,
+}
+
+/// Per-driver results in request order; with exactly one driver the top level repeats that
+/// call's `call_sid`, `conversation_id`, `callSid`, `driver` and `triggers_count`. A 502 body
+/// also carries the error envelope's `status`, `message` and `details`.
+#[derive(ToSchema)]
+#[schema(example = json!({"message": "Initiated 1 of 1 calls", "timestamp": "2024-11-21T10:00:00Z", "call_sid": "EL_333_2024-11-21T10:00:00Z", "conversation_id": "conv_abc123", "callSid": "CA0123456789abcdef0123456789abcdef", "driver": {"driverId": 333, "driverName": "Test Driver", "phoneNumber": "+15551234567"}, "triggers_count": 1, "calls": [{"call_sid": "EL_333_2024-11-21T10:00:00Z", "conversation_id": "conv_abc123", "callSid": "CA0123456789abcdef0123456789abcdef", "status": "in_progress", "driver": {"driverId": 333, "driverName": "Test Driver", "phoneNumber": "+15551234567"}, "triggers_count": 1}]}))]
+pub struct BatchCallResponse {
+    pub message: String,
+    pub timestamp: String,
+    pub calls: Vec<routes::batch_calls::CallResultView>,
+}
+
+/// ElevenLabs' post-call webhook envelope (`post_call_transcription`,
+/// `call_initiation_failure`; other types are acknowledged and ignored).
+#[derive(ToSchema)]
+#[schema(example = json!({"type": "post_call_transcription", "event_timestamp": 1732183300, "data": {"agent_id": "agent_x", "conversation_id": "conv_abc123", "status": "done", "metadata": {"start_time_unix_secs": 1732183200, "call_duration_secs": 95}, "conversation_initiation_client_data": {"dynamic_variables": {"call_sid": "EL_333_2024-11-21T10:00:00Z"}}}}))]
+pub struct PostCallEventBody {
+    #[schema(rename = "type")]
+    pub kind: String,
+    /// Unix seconds (a number or a numeric string).
+    pub event_timestamp: i64,
+    #[schema(value_type = Object)]
+    pub data: serde_json::Value,
+}
+
+#[derive(ToSchema)]
+#[schema(example = json!({"status": "success", "message": "Call EL_333_2024-11-21T10:00:00Z completed"}))]
+pub struct Ack {
+    pub status: String,
+    pub message: String,
+}
+
+struct Security;
+
+impl Modify for Security {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_token",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("Authorization: Bearer <API_TOKEN>"))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "webhook_bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("Authorization: Bearer <WEBHOOK_SECRET> (the ElevenLabs webhook tool's static header)"))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "elevenlabs_signature",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "ElevenLabs-Signature",
+                "t=<unix seconds>,v0=<hex HMAC-SHA256(WEBHOOK_SECRET, \"<t>.<raw body>\")>; rejected when t is more than 30 minutes from now",
+            ))),
+        );
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "calls-server",
+        description = "AI voice calls to truck drivers about trip violations: place calls through ElevenLabs, store every dialogue turn keyed by our call_sid.",
+    ),
+    paths(
+        routes::transcription_webhook::receive,
+        routes::post_call_webhook::receive,
+        routes::batch_calls::place,
+        routes::calls::get_call,
+        routes::calls::get_transcriptions,
+        routes::health::healthz,
+        routes::health::readyz,
+        routes::metrics::metrics,
+        openapi_json,
+        docs_page,
+    ),
+    components(schemas(ErrorBody, TranscriptionRequest, BatchCallRequest, BatchCallResponse, PostCallEventBody, Ack)),
+    modifiers(&Security),
+    tags(
+        (name = "webhooks", description = "Called by ElevenLabs"),
+        (name = "calls", description = "Placing and reading calls"),
+        (name = "operations", description = "Health, readiness, metrics, documentation"),
+    )
+)]
+pub struct ApiDoc;
+
+/// The OpenAPI document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "This OpenAPI 3 document", content_type = "application/json")))]
+pub async fn openapi_json() -> HttpResponse {
+    HttpResponse::Ok().json(ApiDoc::openapi())
+}
+
+const DOCS_HTML: &str = include_str!("docs.html");
+
+/// A human-readable page for the OpenAPI document, self-contained (no CDN), with a form to
+/// try every endpoint.
+#[utoipa::path(get, path = "/docs", tag = "operations",
+    responses((status = 200, description = "HTML documentation page", content_type = "text/html")))]
+pub async fn docs_page() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(DOCS_HTML)
+}
+
+/// Used by tests: `(METHOD, path)` of every documented operation.
+pub fn documented_operations() -> Vec<(String, String)> {
+    let doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    let mut ops = Vec::new();
+    if let Some(paths) = doc.get("paths").and_then(|p| p.as_object()) {
+        for (path, item) in paths {
+            if let Some(item) = item.as_object() {
+                for method in item.keys() {
+                    ops.push((method.to_uppercase(), path.clone()));
+                }
+            }
+        }
+    }
+    ops.sort();
+    ops
+}
