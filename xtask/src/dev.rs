@@ -116,12 +116,12 @@ impl Settings {
 }
 
 /// A running calls-server that is stopped when dropped, so every error path cleans up.
-struct Server {
+pub(crate) struct Server {
     child: Child,
 }
 
 impl Server {
-    fn spawn(mut cmd: Command) -> Result<Self> {
+    pub(crate) fn spawn(mut cmd: Command) -> Result<Self> {
         let child = cmd
             .spawn()
             .context(|| "starting calls-server".to_string())?;
@@ -129,7 +129,7 @@ impl Server {
     }
 
     /// Poll `GET /healthz` until it answers 200; fail early if the server exits.
-    fn wait_healthy(&mut self, addr: &str) -> Result<()> {
+    pub(crate) fn wait_healthy(&mut self, addr: &str) -> Result<()> {
         let started = Instant::now();
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -154,7 +154,7 @@ impl Server {
     }
 
     /// SIGTERM for a graceful shutdown; SIGKILL if that takes longer than 10 s.
-    fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         if matches!(self.child.try_wait(), Ok(Some(_))) {
             return;
         }
@@ -395,7 +395,7 @@ pub fn demo_on(db_url: &str) -> Result<()> {
 
 /// Nothing listens on the port we get for 127.0.0.1:0; the tiny race until the server
 /// binds it is acceptable for a dev tool.
-fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     let listener =
         TcpListener::bind("127.0.0.1:0").context(|| "finding a free port".to_string())?;
     let port = listener

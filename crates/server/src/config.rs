@@ -185,37 +185,8 @@ mod tests {
         Settings::from_args(&cli.serve)
     }
 
-    #[test]
-    fn every_missing_required_setting_is_named() {
-        // Clear what the environment could supply.
-        for var in [
-            "DATABASE_URL",
-            "WEBHOOK_SECRET",
-            "API_TOKEN",
-            "ELEVENLABS_API_KEY",
-            "ELEVENLABS_AGENT_ID",
-            "ELEVENLABS_AGENT_PHONE_NUMBER_ID",
-            "TELEPHONY",
-            "INSECURE_DEV",
-        ] {
-            if std::env::var_os(var).is_some() {
-                eprintln!("{var} is set in the environment; skipping");
-                return;
-            }
-        }
-        let err = parse(&[]).expect_err("nothing configured");
-        let text = err.to_string();
-        for name in [
-            "DATABASE_URL",
-            "ELEVENLABS_API_KEY",
-            "ELEVENLABS_AGENT_ID",
-            "ELEVENLABS_AGENT_PHONE_NUMBER_ID",
-            "WEBHOOK_SECRET",
-            "API_TOKEN",
-        ] {
-            assert!(text.contains(name), "{text} should name {name}");
-        }
-    }
+    // Startup without required settings is tested on the binary itself, with a cleared
+    // environment (tests/api/startup.rs), since clap reads the environment here.
 
     #[test]
     fn simulated_and_insecure_dev_need_only_the_database() {
@@ -227,8 +198,8 @@ mod tests {
             "--insecure-dev",
         ])
         .expect("valid");
-        assert!(settings.webhook_secret.is_none() || std::env::var_os("WEBHOOK_SECRET").is_some());
-        assert_eq!(settings.public_base_url, "http://127.0.0.1:8080");
+        assert!(settings.insecure_dev);
+        assert!(matches!(settings.telephony, TelephonySettings::Simulated));
     }
 
     #[test]

@@ -107,15 +107,24 @@ pub async fn get_call(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    require_api_token(&req, state.settings.api_token.as_ref())?;
-    let call_sid = parse_sid(&path)?;
+    let call = authorized_call(&req, &path, &state).await?;
+    Ok(HttpResponse::Ok().json(CallView::from(call)))
+}
+
+/// The checks both readers share: API token, call_sid, the Call itself.
+async fn authorized_call(
+    req: &HttpRequest,
+    raw_sid: &str,
+    state: &AppState,
+) -> Result<Call, ApiError> {
+    require_api_token(req, state.settings.api_token.as_ref())?;
+    let call_sid = parse_sid(raw_sid)?;
     tracing::Span::current().record("call_sid", call_sid.as_str());
-    let call = state
+    state
         .repository
         .get_by_call_sid(&call_sid)
         .await?
-        .ok_or_else(|| unknown(&call_sid))?;
-    Ok(HttpResponse::Ok().json(CallView::from(call)))
+        .ok_or_else(|| unknown(&call_sid))
 }
 
 /// The Call's transcript, turns in sequence order.
@@ -137,17 +146,11 @@ pub async fn get_transcriptions(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    require_api_token(&req, state.settings.api_token.as_ref())?;
-    let call_sid = parse_sid(&path)?;
-    tracing::Span::current().record("call_sid", call_sid.as_str());
-    let call = state
-        .repository
-        .get_by_call_sid(&call_sid)
-        .await?
-        .ok_or_else(|| unknown(&call_sid))?;
-    let turns = match state.repository.list_turns(&call_sid).await {
+    let call = authorized_call(&req, &path, &state).await?;
+    let call_sid = &call.call_sid;
+    let turns = match state.repository.list_turns(call_sid).await {
         Ok(turns) => turns,
-        Err(calls_domain::RepositoryError::NotFound) => return Err(unknown(&call_sid)),
+        Err(calls_domain::RepositoryError::NotFound) => return Err(unknown(call_sid)),
         Err(e) => return Err(e.into()),
     };
     Ok(HttpResponse::Ok().json(TranscriptView {
