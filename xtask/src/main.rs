@@ -1,6 +1,7 @@
 //! Developer commands for this workspace, run as `cargo xtask <command>`
 //! (the cargo-xtask convention: a plain binary, no extra tooling to install).
 
+mod bench;
 mod clock;
 mod db;
 mod dev;
@@ -28,6 +29,8 @@ Commands:
   run                           start a local server with simulated telephony and a sample call
   demo                          end-to-end check: place simulated calls and print their transcripts
   test [--no-demo] [args...]    run all tests against the database, then the demo
+  bench [options]               time batch placement and webhook throughput of a release
+                                server against a fake ElevenLabs (`bench --help` for options)
   help                          show this text
 
 The database is DATABASE_URL when it is set and reachable, otherwise a private
@@ -65,6 +68,7 @@ fn dispatch(command: &str, args: &[String]) -> Option<Result<()>> {
         "run" => dev::run_server(),
         "demo" => dev::demo(),
         "test" => test_cmd::test(args),
+        "bench" => bench::bench(args),
         "help" | "--help" | "-h" => {
             print!("{USAGE}");
             Ok(())

@@ -44,17 +44,6 @@ pub(crate) struct TranscriptionRow {
     pub created_at: OffsetDateTime,
 }
 
-#[derive(Debug, Insertable)]
-#[diesel(table_name = call_transcriptions)]
-pub(crate) struct NewTranscriptionRow<'a> {
-    pub conversation_id: &'a str,
-    pub speaker_type: &'a str,
-    pub message_text: &'a str,
-    pub timestamp: OffsetDateTime,
-    pub sequence_number: i32,
-    pub created_at: OffsetDateTime,
-}
-
 /// A row that violates the domain's invariants (e.g. written by hand) is a data error.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid row in {table}: {reason}")]

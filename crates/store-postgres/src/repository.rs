@@ -4,11 +4,12 @@ use calls_domain::{
     NewCall, NewTurn, RepositoryError, StoredTurn,
 };
 use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Bool, Integer, Text, Timestamptz};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use time::OffsetDateTime;
 
 use crate::errors::{DbError, is_unique_violation};
-use crate::models::{CallRow, NewCallRow, NewTranscriptionRow, TranscriptionRow};
+use crate::models::{CallRow, NewCallRow, TranscriptionRow};
 use crate::pool::DbPool;
 use crate::retry::RetryPolicy;
 use crate::schema::{call_transcriptions, calls};
@@ -312,51 +313,51 @@ async fn append_in_transaction(
             .map_err(|e| RepositoryError::Unexpected(Box::new(e)))?;
         return Err(RepositoryError::Incomplete { status }.into());
     };
-    let speaker = turn.speaker.as_str();
-    let timestamp = micros(turn.timestamp);
-
-    let existing: Option<(i64, i32)> = call_transcriptions::table
-        .filter(call_transcriptions::conversation_id.eq(&conversation_id))
-        .filter(call_transcriptions::speaker_type.eq(speaker))
-        .filter(call_transcriptions::timestamp.eq(timestamp))
-        .filter(call_transcriptions::message_text.eq(&turn.message))
-        .select((
-            call_transcriptions::id,
-            call_transcriptions::sequence_number,
-        ))
-        .first(conn)
-        .await
-        .optional()?;
-    if let Some((transcription_id, sequence_number)) = existing {
-        return Ok(AppendOutcome::Duplicate(StoredTurn {
-            transcription_id,
-            sequence_number,
-        }));
-    }
-
-    let last: Option<i32> = call_transcriptions::table
-        .filter(call_transcriptions::conversation_id.eq(&conversation_id))
-        .select(diesel::dsl::max(call_transcriptions::sequence_number))
-        .first(conn)
-        .await?;
-    let sequence_number = last
-        .unwrap_or(0)
-        .checked_add(1)
-        .ok_or_else(|| RepositoryError::Unexpected("sequence number overflow".into()))?;
-    let transcription_id = diesel::insert_into(call_transcriptions::table)
-        .values(NewTranscriptionRow {
-            conversation_id: &conversation_id,
-            speaker_type: speaker,
-            message_text: &turn.message,
-            timestamp,
-            sequence_number,
-            created_at: OffsetDateTime::now_utc(),
-        })
-        .returning(call_transcriptions::id)
+    // One statement, so the lock is held for one round trip plus the commit: the same
+    // turn stored before wins (its ids come back); otherwise the next number is inserted.
+    // It runs after the lock statement, so its snapshot sees every append committed before.
+    let row: AppendRow = diesel::sql_query(APPEND_SQL)
+        .bind::<Text, _>(&conversation_id)
+        .bind::<Text, _>(turn.speaker.as_str())
+        .bind::<Timestamptz, _>(micros(turn.timestamp))
+        .bind::<Text, _>(&turn.message)
         .get_result(conn)
         .await?;
-    Ok(AppendOutcome::Created(StoredTurn {
-        transcription_id,
-        sequence_number,
-    }))
+    let stored = StoredTurn {
+        transcription_id: row.id,
+        sequence_number: row.sequence_number,
+    };
+    Ok(if row.duplicate {
+        AppendOutcome::Duplicate(stored)
+    } else {
+        AppendOutcome::Created(stored)
+    })
+}
+
+const APPEND_SQL: &str = "
+WITH dup AS (
+    SELECT id, sequence_number FROM call_transcriptions
+    WHERE conversation_id = $1 AND speaker_type = $2 AND timestamp = $3 AND message_text = $4
+    LIMIT 1
+), ins AS (
+    INSERT INTO call_transcriptions
+        (conversation_id, speaker_type, message_text, timestamp, sequence_number, created_at)
+    SELECT $1, $2, $4, $3,
+           COALESCE((SELECT max(sequence_number) FROM call_transcriptions WHERE conversation_id = $1), 0) + 1,
+           now()
+    WHERE NOT EXISTS (SELECT 1 FROM dup)
+    RETURNING id, sequence_number
+)
+SELECT id, sequence_number, false AS duplicate FROM ins
+UNION ALL
+SELECT id, sequence_number, true AS duplicate FROM dup";
+
+#[derive(QueryableByName)]
+struct AppendRow {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+    #[diesel(sql_type = Integer)]
+    sequence_number: i32,
+    #[diesel(sql_type = Bool)]
+    duplicate: bool,
 }
