@@ -2,7 +2,7 @@
 -- Rows that would share a value are told apart deterministically: the lowest id keeps the
 -- plain value, the next ones get _2, _3, ... in id order. Only NULL call_sids are written,
 -- so after `calls-server backfill` (the same expression in batches) this is a no-op.
--- Keep in sync with BACKFILL_BATCH_SQL in crates/store-postgres/src/backfill.rs.
+-- Keep in sync with BATCH_CTE in crates/store-postgres/src/backfill.rs.
 UPDATE calls AS c
 SET call_sid = r.call_sid
 FROM (

@@ -22,8 +22,8 @@ pub enum RepositoryError {
     /// No Call has this call_sid.
     #[error("call not found")]
     NotFound,
-    /// The Call exists but has no conversation_id yet (or never will, if it failed).
-    #[error("call has no conversation_id (status {status})")]
+    /// The Call exists but cannot take turns: no conversation_id yet, or it failed.
+    #[error("call cannot take turns (status {status}, or no conversation_id)")]
     Incomplete { status: CallStatus },
     /// A unique key (call_sid or conversation_id) already belongs to another Call.
     #[error("conflict: {0}")]
@@ -127,7 +127,7 @@ pub trait CallRepository: Send + Sync + 'static {
     ///
     /// # Errors
     /// [`RepositoryError::NotFound`] for an unknown call_sid;
-    /// [`RepositoryError::Incomplete`] for a Call without conversation_id.
+    /// [`RepositoryError::Incomplete`] for a Call without conversation_id or a failed Call.
     async fn append_turn(&self, turn: &NewTurn) -> Result<AppendOutcome, RepositoryError>;
 
     /// Checks that the database answers (readiness).

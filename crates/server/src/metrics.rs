@@ -31,9 +31,11 @@ pub struct Metrics {
     histograms: Mutex<BTreeMap<&'static str, Family<Histogram>>>,
 }
 
-/// Gauges are read at scrape time from their source.
+/// Values read at scrape time from their source: gauges, or counters kept elsewhere.
 pub struct Gauge {
     pub name: &'static str,
+    /// `gauge`, or `counter` for a monotonic value kept outside this registry.
+    pub kind: &'static str,
     pub help: &'static str,
     pub labels: Labels,
     pub value: f64,
@@ -135,7 +137,11 @@ impl Metrics {
         let mut last = "";
         for g in gauges {
             if g.name != last {
-                let _ = writeln!(out, "# HELP {} {}\n# TYPE {} gauge", g.name, g.help, g.name);
+                let _ = writeln!(
+                    out,
+                    "# HELP {} {}\n# TYPE {} {}",
+                    g.name, g.help, g.name, g.kind
+                );
                 last = g.name;
             }
             let _ = writeln!(out, "{}{} {}", g.name, fmt_labels(&g.labels, None), g.value);
@@ -178,6 +184,7 @@ mod tests {
         m.observe("lat_seconds", "latency", vec![], Duration::from_millis(20));
         let text = m.render(&[Gauge {
             name: "g",
+            kind: "gauge",
             help: "gauge",
             labels: vec![],
             value: 3.0,

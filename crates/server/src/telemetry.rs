@@ -18,8 +18,9 @@ where
     let _ = match format {
         LogFormat::Json => builder
             .json()
+            // Every enclosing span's fields (request_id, call_sid, …) on every line.
             .with_current_span(true)
-            .with_span_list(false)
+            .with_span_list(true)
             .try_init(),
         LogFormat::Pretty => builder.try_init(),
     };

@@ -157,6 +157,9 @@ async fn run(
         return Ok(report);
     }
     if pending.n == 0 {
+        // A run killed earlier may have left its helper index behind.
+        conn.batch_execute(&format!("DROP INDEX CONCURRENTLY IF EXISTS {HELPER_INDEX}"))
+            .await?;
         progress(0, 0);
         return Ok(report);
     }

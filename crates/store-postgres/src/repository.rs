@@ -307,11 +307,13 @@ async fn append_in_transaction(
     let Some((conversation_id, status)) = call else {
         return Err(RepositoryError::NotFound.into());
     };
-    let Some(conversation_id) = conversation_id else {
-        let status = status
-            .parse()
-            .map_err(|e| RepositoryError::Unexpected(Box::new(e)))?;
-        return Err(RepositoryError::Incomplete { status }.into());
+    let status: CallStatus = status
+        .parse()
+        .map_err(|e| RepositoryError::Unexpected(Box::new(e)))?;
+    // A failed Call takes no turns, even when it got a conversation_id (SPEC).
+    let conversation_id = match conversation_id {
+        Some(c) if status != CallStatus::Failed => c,
+        _ => return Err(RepositoryError::Incomplete { status }.into()),
     };
     // One statement, so the lock is held for one round trip plus the commit: the same
     // turn stored before wins (its ids come back); otherwise the next number is inserted.

@@ -440,3 +440,37 @@ async fn killed_connections_are_replaced_and_the_operation_succeeds() {
 
     assert_eq!(after.stored().sequence_number, 2);
 }
+
+#[tokio::test]
+async fn a_failed_call_takes_no_turns_even_with_a_conversation_id() {
+    let db = TestDatabase::new().await;
+    let repo = db.repository();
+    repo.create_call(&new_call("EL_14_f", 14))
+        .await
+        .expect("created");
+    repo.set_conversation_id(&sid("EL_14_f"), &conv("conv_f"))
+        .await
+        .expect("set");
+    repo.set_status(
+        &sid("EL_14_f"),
+        CallStatus::Failed,
+        None,
+        Some("busy".into()),
+    )
+    .await
+    .expect("failed");
+
+    let result = repo
+        .append_turn(&turn("EL_14_f", "agent", "x", "2024-11-21T10:30:00Z"))
+        .await;
+
+    assert!(
+        matches!(
+            result,
+            Err(RepositoryError::Incomplete {
+                status: CallStatus::Failed
+            })
+        ),
+        "{result:?}"
+    );
+}

@@ -18,6 +18,7 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         ] {
             gauges.push(Gauge {
                 name: "db_pool_connections",
+                kind: "gauge",
                 help: "Database pool connections by state",
                 labels: vec![("state", label.to_owned())],
                 value: value as f64,
@@ -25,6 +26,7 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         }
         gauges.push(Gauge {
             name: "db_pool_waiters",
+            kind: "gauge",
             help: "Requests waiting for a database connection",
             labels: vec![],
             value: stats.waiting as f64,
@@ -32,7 +34,8 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     }
     gauges.push(Gauge {
         name: "db_retries_total",
-        help: "Database operations retried after a transient failure (counter since start)",
+        kind: "counter",
+        help: "Database operations retried after a transient failure",
         labels: vec![],
         value: calls_store_postgres::retries_taken() as f64,
     });

@@ -159,9 +159,25 @@ async fn test_call_creation_workflow() {
     assert!(call["status"] == "in_progress" || call["status"] == "completed");
 }
 
+/// Notes when each outbound-call request arrives, then answers after `delay`.
+struct SlowAnswer {
+    conversation_id: String,
+    delay: Duration,
+    arrivals: Arc<Mutex<Vec<Instant>>>,
+}
+
+impl Respond for SlowAnswer {
+    fn respond(&self, _: &Request) -> ResponseTemplate {
+        self.arrivals.lock().expect("lock").push(Instant::now());
+        success(&self.conversation_id).set_delay(self.delay)
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drivers_of_a_batch_are_dialed_concurrently() {
     let app = spawn_app().await;
+    let arrivals = Arc::new(Mutex::new(Vec::new()));
+    let delay = Duration::from_millis(300);
     // Each driver gets its own conversation id (they are unique): answer per phone number.
     for i in 0..5 {
         Mock::given(method("POST"))
@@ -169,7 +185,11 @@ async fn drivers_of_a_batch_are_dialed_concurrently() {
             .and(body_partial_json(
                 json!({"to_number": format!("+1555123456{i}")}),
             ))
-            .respond_with(success(&format!("conv_slow_{i}")).set_delay(Duration::from_millis(300)))
+            .respond_with(SlowAnswer {
+                conversation_id: format!("conv_slow_{i}"),
+                delay,
+                arrivals: arrivals.clone(),
+            })
             .expect(1)
             .mount(&app.elevenlabs)
             .await;
@@ -183,10 +203,18 @@ async fn drivers_of_a_batch_are_dialed_concurrently() {
     let elapsed = started.elapsed();
 
     assert_eq!(response.status().as_u16(), 200);
+    // All five requests reached ElevenLabs before the first answer could have come back:
+    // they were in flight together (wall time alone is at the mercy of a loaded CI machine).
+    let arrivals = arrivals.lock().expect("lock").clone();
+    assert_eq!(arrivals.len(), 5);
+    let first = arrivals.iter().min().copied().expect("arrivals");
+    let last = arrivals.iter().max().copied().expect("arrivals");
     assert!(
-        elapsed < Duration::from_millis(1_200),
-        "5 drivers at 300 ms each took {elapsed:?}; sequential would be 1.5 s"
+        last.duration_since(first) < delay,
+        "requests were spread over {:?}",
+        last.duration_since(first)
     );
+    eprintln!("5 drivers at 300 ms each took {elapsed:?} (sequential: 1.5 s)");
     let body: Value = response.json().await.expect("json");
     let order: Vec<_> = body["calls"]
         .as_array()

@@ -88,7 +88,7 @@ async fn sigterm_finishes_in_flight_requests_then_exits() {
         .env("TELEPHONY", "simulated")
         .env("WEBHOOK_SECRET", "wsec_shutdown")
         .env("API_TOKEN", "tok_shutdown")
-        .env("WEBHOOK_CONVERSATION_WAIT_MS", "1500")
+        .env("WEBHOOK_CONVERSATION_WAIT_MS", "3000")
         .env("LOG_FORMAT", "json")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -106,7 +106,7 @@ async fn sigterm_finishes_in_flight_requests_then_exits() {
          VALUES ('EL_41_slow', now(), 'in_progress', now(), now())",
     )
     .await;
-    // This turn waits ~1.5 s for a conversation_id that never comes: in flight at SIGTERM.
+    // This turn waits ~3 s for a conversation_id that never comes: in flight at SIGTERM.
     let in_flight = tokio::spawn({
         let client = client.clone();
         let base = base.clone();
@@ -121,7 +121,7 @@ async fn sigterm_finishes_in_flight_requests_then_exits() {
                 .map(|r| r.status().as_u16())
         }
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

@@ -1,6 +1,8 @@
 use serde_json::{Value, json};
 
-use crate::helpers::{API_TOKEN, WEBHOOK_SECRET, assert_envelope, now, sign, spawn_app, turn_body};
+use crate::helpers::{
+    API_TOKEN, WEBHOOK_SECRET, assert_envelope, now, sign, spawn_app, spawn_app_with, turn_body,
+};
 
 #[tokio::test]
 async fn test_webhook_with_call_sid() {
@@ -397,7 +399,8 @@ async fn a_turn_that_arrives_before_the_conversation_id_waits_for_it() {
 
 #[tokio::test]
 async fn a_call_that_never_gets_a_conversation_id_or_failed_is_refused() {
-    let app = spawn_app().await;
+    let wait = std::time::Duration::from_millis(1_500);
+    let app = spawn_app_with(|s| s.conversation_wait = wait).await;
     app.create_call("EL_8_never", None).await;
     app.create_call("EL_8_failed", None).await;
     app.db
@@ -432,8 +435,13 @@ async fn a_call_that_never_gets_a_conversation_id_or_failed_is_refused() {
         failed_took < std::time::Duration::from_millis(400),
         "a failed call is refused at once"
     );
+    let never_took = started.elapsed() - failed_took;
     let message = assert_envelope(never, 400).await;
     assert!(message.contains("EL_8_never"));
+    assert!(
+        never_took >= wait,
+        "an in-progress call is waited for ({never_took:?})"
+    );
     assert_eq!(app.turn_count().await, 0);
 }
 
