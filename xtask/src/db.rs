@@ -273,10 +273,18 @@ fn ensure_private(root: &Path) -> Result<String> {
     let layout = Layout::new(root)?;
     let url = layout.url();
 
-    // Cheapest check first: an earlier run (or anything else) already serves this port.
+    // Cheapest check first: an earlier run (or another checkout) already serves this port.
+    // Reuse it only if it really answers SQL: a listener that is not a working PostgreSQL
+    // (say, a cluster whose data directory was deleted) must not be mistaken for one.
     if tcp_reachable("127.0.0.1", layout.port, CONNECT_TIMEOUT) {
-        eprintln!("xtask: reusing the PostgreSQL on 127.0.0.1:{}", layout.port);
-        return Ok(url);
+        if answers_sql(&url) {
+            eprintln!("xtask: reusing the PostgreSQL on 127.0.0.1:{}", layout.port);
+            return Ok(url);
+        }
+        eprintln!(
+            "xtask: something listens on 127.0.0.1:{} but does not answer SQL; starting our own cluster",
+            layout.port
+        );
     }
 
     let cluster = Cluster::prepare(layout)?;
@@ -566,6 +574,28 @@ pub fn tail(path: &Path, n: usize) -> String {
 
 /// Where `initdb` and `pg_ctl` live: `pg_config --bindir`, the newest Debian/Ubuntu
 /// install, Homebrew's keg-only formulae, then `initdb` on PATH.
+/// `psql -c 'SELECT 1'` against `url` succeeds (and creates a table, so a cluster whose
+/// files are gone fails here rather than in the tests).
+fn answers_sql(url: &str) -> bool {
+    let Ok(bin) = find_pg_bindir() else {
+        return false;
+    };
+    Command::new(bin.join("psql"))
+        .args([
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            "CREATE TEMP TABLE xtask_probe (x int); SELECT 1",
+            url,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 fn find_pg_bindir() -> Result<PathBuf> {
     let has_tools =
         |dir: &Path| is_executable(&dir.join("initdb")) && is_executable(&dir.join("pg_ctl"));

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use time::{Duration, OffsetDateTime};
 
-use crate::models::{Call, CallSid, CallStatus, ConversationId};
+use crate::models::{Call, CallSid, CallStatus, ConversationId, NewTurn, SpeakerType};
 use crate::ports::{BoxError, CallRepository, RepositoryError};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,12 +16,22 @@ pub enum PostCallEvent {
         call_sid: Option<CallSid>,
         start_unix_secs: Option<i64>,
         duration_secs: Option<i64>,
+        /// The event's transcript, used only when no turn reached our webhook.
+        transcript: Vec<EventTurn>,
     },
     InitiationFailure {
         conversation_id: Option<ConversationId>,
         call_sid: Option<CallSid>,
         reason: String,
     },
+}
+
+/// One turn of a post-call transcript.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventTurn {
+    pub speaker: SpeakerType,
+    pub message: String,
+    pub time_in_call_secs: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,6 +102,39 @@ impl ApplyPostCall {
         }
     }
 
+    /// When no turn reached our webhook (a Call that failed on our side but took place
+    /// refuses them), the event's transcript is stored instead, so nothing is lost. It runs
+    /// on repeated deliveries too: appends are idempotent.
+    async fn recover_transcript(
+        &self,
+        call_sid: &CallSid,
+        start: OffsetDateTime,
+        transcript: &[EventTurn],
+    ) -> Result<(), PostCallError> {
+        if transcript.is_empty() || !self.repository.list_turns(call_sid).await?.is_empty() {
+            return Ok(());
+        }
+        let mut stored = 0;
+        for turn in transcript.iter().filter(|t| !t.message.trim().is_empty()) {
+            let timestamp = start
+                .checked_add(Duration::seconds(turn.time_in_call_secs.max(0)))
+                .unwrap_or(start);
+            let new = NewTurn {
+                call_sid: call_sid.clone(),
+                speaker: turn.speaker,
+                message: turn.message.clone(),
+                timestamp,
+            };
+            match self.repository.append_turn(&new).await {
+                Ok(_) => stored += 1,
+                Err(RepositoryError::Incomplete { .. }) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        tracing::info!(stored, "transcript recovered from the post-call event");
+        Ok(())
+    }
+
     #[tracing::instrument(name = "post_call", skip_all)]
     pub async fn execute(&self, event: &PostCallEvent) -> Result<PostCallOutcome, PostCallError> {
         match event {
@@ -100,26 +143,31 @@ impl ApplyPostCall {
                 call_sid,
                 start_unix_secs,
                 duration_secs,
+                transcript,
             } => {
                 let Some(call) = self.find(Some(conversation_id), call_sid.as_ref()).await? else {
                     return Ok(PostCallOutcome::UnknownCall);
                 };
-                if call.status == CallStatus::Completed {
-                    return Ok(PostCallOutcome::Unchanged(call.call_sid));
-                }
                 let start = start_unix_secs
                     .and_then(|s| OffsetDateTime::from_unix_timestamp(s).ok())
                     .unwrap_or(call.call_start_time);
-                let end = duration_secs
-                    .filter(|d| *d >= 0)
-                    .and_then(|d| start.checked_add(Duration::seconds(d)))
-                    .unwrap_or_else(OffsetDateTime::now_utc);
-                // A Call we marked failed (say, our request timed out) that did take place
-                // becomes completed: the provider's word is final.
-                self.repository
-                    .set_status(&call.call_sid, CallStatus::Completed, Some(end), None)
+                let outcome = if call.status == CallStatus::Completed {
+                    PostCallOutcome::Unchanged(call.call_sid.clone())
+                } else {
+                    let end = duration_secs
+                        .filter(|d| *d >= 0)
+                        .and_then(|d| start.checked_add(Duration::seconds(d)))
+                        .unwrap_or_else(OffsetDateTime::now_utc);
+                    // A Call we marked failed (say, our request timed out) that did take
+                    // place becomes completed: the provider's word is final.
+                    self.repository
+                        .set_status(&call.call_sid, CallStatus::Completed, Some(end), None)
+                        .await?;
+                    PostCallOutcome::Completed(call.call_sid.clone())
+                };
+                self.recover_transcript(&call.call_sid, start, transcript)
                     .await?;
-                Ok(PostCallOutcome::Completed(call.call_sid))
+                Ok(outcome)
             }
             PostCallEvent::InitiationFailure {
                 conversation_id,
@@ -177,6 +225,7 @@ mod tests {
             call_sid: call_sid.map(|s| CallSid::parse(s).expect("sid")),
             start_unix_secs: Some(1_732_183_200),
             duration_secs: Some(95),
+            transcript: Vec::new(),
         }
     }
 
@@ -234,6 +283,74 @@ mod tests {
 
         let outcome = ApplyPostCall::new(Arc::new(repo))
             .execute(&transcription(Some("EL_1_x")))
+            .await
+            .expect("ok");
+
+        assert!(matches!(outcome, PostCallOutcome::Completed(_)));
+    }
+
+    #[tokio::test]
+    async fn the_event_transcript_is_stored_when_no_turn_reached_us() {
+        let mut event = transcription(None);
+        if let PostCallEvent::Transcription { transcript, .. } = &mut event {
+            *transcript = vec![
+                EventTurn {
+                    speaker: SpeakerType::Agent,
+                    message: "Hi".into(),
+                    time_in_call_secs: 0,
+                },
+                EventTurn {
+                    speaker: SpeakerType::Driver,
+                    message: " ".into(),
+                    time_in_call_secs: 2,
+                },
+                EventTurn {
+                    speaker: SpeakerType::Driver,
+                    message: "Hello".into(),
+                    time_in_call_secs: 3,
+                },
+            ];
+        }
+        let mut repo = MockCallRepository::new();
+        repo.expect_get_by_conversation_id()
+            .returning(|_| Ok(Some(call(CallStatus::InProgress, Some("conv_1")))));
+        repo.expect_set_status()
+            .returning(|_, _, _, _| Ok(call(CallStatus::Completed, Some("conv_1"))));
+        repo.expect_list_turns()
+            .times(1)
+            .returning(|_| Ok(Vec::new()));
+        let mut seq = mockall::Sequence::new();
+        repo.expect_append_turn()
+            .withf(|t| t.message == "Hi" && t.timestamp == datetime!(2024-11-21 10:00:00 UTC))
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_| {
+                Ok(crate::ports::AppendOutcome::Created(
+                    crate::ports::StoredTurn {
+                        transcription_id: 1,
+                        sequence_number: 1,
+                    },
+                ))
+            });
+        repo.expect_append_turn()
+            .withf(|t| {
+                t.message == "Hello"
+                    && t.speaker == SpeakerType::Driver
+                    && t.timestamp == datetime!(2024-11-21 10:00:03 UTC)
+            })
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_| {
+                Ok(crate::ports::AppendOutcome::Created(
+                    crate::ports::StoredTurn {
+                        transcription_id: 2,
+                        sequence_number: 2,
+                    },
+                ))
+            });
+
+        let outcome = ApplyPostCall::new(Arc::new(repo))
+            .execute(&event)
             .await
             .expect("ok");
 

@@ -3,7 +3,8 @@
 //! failing, so events we cannot use are acknowledged with 200 and a log line.
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use calls_domain::service::{PostCallError, PostCallEvent, PostCallOutcome};
+use calls_domain::SpeakerType;
+use calls_domain::service::{EventTurn, PostCallError, PostCallEvent, PostCallOutcome};
 use calls_domain::{CallSid, ConversationId};
 use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
@@ -29,6 +30,30 @@ fn conversation_of(data: &Map<String, Value>) -> Option<ConversationId> {
     data.get("conversation_id")?
         .as_str()
         .and_then(|s| ConversationId::parse(s).ok())
+}
+
+/// `data.transcript[]`: `{role: user|agent, message: string|null, time_in_call_secs}`;
+/// turns without text (tool calls) or with another role are skipped.
+fn transcript_of(data: &Map<String, Value>) -> Vec<EventTurn> {
+    let Some(turns) = data.get("transcript").and_then(Value::as_array) else {
+        return Vec::new();
+    };
+    turns
+        .iter()
+        .filter_map(|t| {
+            let speaker = match t.get("role")?.as_str()? {
+                "agent" => SpeakerType::Agent,
+                "user" => SpeakerType::Driver,
+                _ => return None,
+            };
+            let message = t.get("message")?.as_str()?.to_owned();
+            Some(EventTurn {
+                speaker,
+                message,
+                time_in_call_secs: int(t.get("time_in_call_secs")).unwrap_or(0),
+            })
+        })
+        .collect()
 }
 
 fn int(value: Option<&Value>) -> Option<i64> {
@@ -97,6 +122,7 @@ pub async fn receive(
                 call_sid: call_sid_of(data),
                 start_unix_secs: int(metadata.and_then(|m| m.get("start_time_unix_secs"))),
                 duration_secs: int(metadata.and_then(|m| m.get("call_duration_secs"))),
+                transcript: transcript_of(data),
             }
         }
         "call_initiation_failure" => PostCallEvent::InitiationFailure {

@@ -154,3 +154,49 @@ async fn a_malformed_event_is_400() {
         assert_envelope(response, 400).await;
     }
 }
+
+#[tokio::test]
+async fn a_call_whose_turns_were_refused_gets_the_event_transcript() {
+    let app = spawn_app().await;
+    app.create_call("EL_55_lost", None).await;
+    app.db
+        .execute("UPDATE calls SET status = 'failed', failure_reason = 'timeout' WHERE call_sid = 'EL_55_lost'")
+        .await;
+    let mut event = transcription_event("conv_lost_55", Some("EL_55_lost"));
+    event["data"]["transcript"] = json!([
+        {"role": "agent", "message": "Hi, this is dispatch.", "time_in_call_secs": 0},
+        {"role": "agent", "message": null, "time_in_call_secs": 1, "tool_calls": []},
+        {"role": "user", "message": "Hi.", "time_in_call_secs": 4}
+    ]);
+
+    let first = app.post_call_event(&event).await;
+    let repeat = app.post_call_event(&event).await;
+
+    assert_eq!(first.status().as_u16(), 200);
+    assert_eq!(repeat.status().as_u16(), 200);
+    let transcript: Value = app
+        .get_authed("/calls/EL_55_lost/transcriptions")
+        .await
+        .json()
+        .await
+        .expect("json");
+    let turns: Vec<_> = transcript["transcriptions"]
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|t| {
+            (
+                t["sequence_number"].clone(),
+                t["speaker_type"].clone(),
+                t["timestamp"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        turns,
+        [
+            (json!(1), json!("agent"), json!("2024-11-21T10:00:00Z")),
+            (json!(2), json!("driver"), json!("2024-11-21T10:00:04Z")),
+        ]
+    );
+}
