@@ -38,15 +38,25 @@ const MAX_LINE: u64 = 16 * 1024;
 const MAX_HEADERS: usize = 100;
 /// Transcripts of a long run are a few MB; anything this big is a bug.
 const MAX_BODY: usize = 256 * 1024 * 1024;
+/// Most calls `--calls` may spread the webhook turns over.
+const MAX_WEBHOOK_CALLS: u64 = 1_024;
+/// Driver ids of the webhook calls start here, clear of the baseline's (1) and the large
+/// batch's (1001 up to 101_000), and stay at 7 digits for the phone numbers.
+const WEBHOOK_FIRST_DRIVER: u32 = 1_000_001;
 
 pub const USAGE: &str = "\
-Usage: cargo xtask bench [--drivers N] [--delay-ms N] [--call-concurrency N] [--seconds N] [--clients N]
+Usage: cargo xtask bench [--drivers N] [--delay-ms N] [--call-concurrency N] [--seconds N]
+                         [--clients N] [--calls N]
 
   --drivers N           drivers in the large batch (default 100)
   --delay-ms N          fake ElevenLabs answer delay (default 200)
   --call-concurrency N  CALL_CONCURRENCY of the server (default: the server's, 8)
   --seconds N           duration of each throughput run (default 5)
   --clients N           concurrent keep-alive clients (default 16)
+  --calls N             calls the webhook turns are spread over (default 1, at most 1024):
+                        client i posts to call i % N, or, with more calls than clients,
+                        cycles through calls i, i+clients, i+2*clients, ... (1 is the worst
+                        case: every turn waits for the same call's row lock)
 ";
 
 #[derive(Debug, PartialEq)]
@@ -56,6 +66,7 @@ struct Options {
     call_concurrency: Option<u32>,
     seconds: u64,
     clients: usize,
+    calls: usize,
 }
 
 impl Default for Options {
@@ -66,6 +77,7 @@ impl Default for Options {
             call_concurrency: None,
             seconds: 5,
             clients: 16,
+            calls: 1,
         }
     }
 }
@@ -104,6 +116,9 @@ fn parse_options(args: &[String]) -> Result<Options> {
             }
             "--seconds" => options.seconds = number(1, 3_600)?,
             "--clients" => options.clients = usize::try_from(number(1, 1_024)?).unwrap_or(1),
+            "--calls" => {
+                options.calls = usize::try_from(number(1, MAX_WEBHOOK_CALLS)?).unwrap_or(1);
+            }
             _ => return Err(format!("unknown option `{arg}`\n\n{USAGE}").into()),
         }
     }
@@ -226,10 +241,11 @@ fn run_benchmarks(
     schema: &str,
     log_path: &Path,
 ) -> Result<Report> {
-    // Driver ids: 1 for the webhook call, 2 for the baseline, 1001.. for the large batch,
-    // each batch with its own timestamp, so no call_sid repeats.
-    let webhook_batch = Batch::new(1, 1);
-    let baseline_batch = Batch::new(2, 1);
+    // Driver ids: 1 for the baseline, 1001.. for the large batch, 1_000_001.. for the
+    // webhook calls, each batch with its own timestamp, so no call_sid repeats.
+    let calls = u32::try_from(options.calls).unwrap_or(1);
+    let webhook_batch = Batch::new(WEBHOOK_FIRST_DRIVER, calls);
+    let baseline_batch = Batch::new(1, 1);
     let large_batch = Batch::new(1001, options.drivers);
 
     let fake = FakeElevenLabs::start(Duration::from_millis(options.delay_ms))?;
@@ -264,9 +280,11 @@ fn run_benchmarks(
     if let Some(n) = options.call_concurrency {
         cmd.env("CALL_CONCURRENCY", n.to_string());
     }
-    if large_batch.body.len() > SERVER_DEFAULT_MAX_BODY {
-        // Only the large batch needs it; every other request stays far below the default.
-        cmd.env("MAX_BODY_BYTES", (large_batch.body.len() * 2).to_string());
+    let largest_body = large_batch.body.len().max(webhook_batch.body.len());
+    if largest_body > SERVER_DEFAULT_MAX_BODY {
+        // Only the two multi-driver batches can need it; every other request stays far
+        // below the default.
+        cmd.env("MAX_BODY_BYTES", (largest_body * 2).to_string());
     }
     eprintln!(
         "bench: starting calls-server (release) on {addr} (log: {})",
@@ -276,13 +294,14 @@ fn run_benchmarks(
     server.wait_healthy(&addr)?;
 
     let result = (|| {
-        // First, untimed: it also warms up the pools (database, HTTP to the fake).
+        // First, untimed: the calls the webhook turns go to, in one batch; it also warms
+        // up the pools (database, HTTP to the fake).
         webhook_batch.post(&addr, Duration::from_millis(options.delay_ms))?;
         let mut summary = placement(options, &addr, &fake, &baseline_batch, &large_batch)?;
-        let (lines, transcript_ok) = throughput(options, &addr, &webhook_batch.call_sids[0])?;
+        let (lines, transcript_ok) = throughput(options, &addr, &webhook_batch.call_sids)?;
         summary.extend(lines);
 
-        let expected = 2 + u64::from(options.drivers);
+        let expected = 1 + u64::from(calls) + u64::from(options.drivers);
         let placed = fake.shared.calls.load(Ordering::SeqCst);
         if placed != expected {
             return Err(Error::from(format!(
@@ -453,11 +472,77 @@ fn placement(
 // ---------------------------------------------------------------------------------------
 // Webhook throughput
 
+/// Counts per call, indexed like the calls (a missing index counts 0).
+#[derive(Debug, Default, PartialEq)]
+struct PerCall(Vec<u64>);
+
+impl PerCall {
+    fn add(&mut self, call: usize) {
+        if self.0.len() <= call {
+            self.0.resize(call + 1, 0);
+        }
+        if let Some(count) = self.0.get_mut(call) {
+            *count += 1;
+        }
+    }
+
+    fn merge(&mut self, other: &PerCall) {
+        if self.0.len() < other.0.len() {
+            self.0.resize(other.0.len(), 0);
+        }
+        for (mine, theirs) in self.0.iter_mut().zip(&other.0) {
+            *mine += theirs;
+        }
+    }
+
+    fn get(&self, call: usize) -> u64 {
+        self.0.get(call).copied().unwrap_or(0)
+    }
+
+    fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+}
+
+/// The call that request `n` (1, 2, ...) of client `client` goes to. With no more calls
+/// than clients, client i always posts to call i % calls; with more, the calls are split
+/// among the clients (client i owns i, i + clients, i + 2 * clients, ...) and each client
+/// cycles through its own, so no two clients share a call either way when calls is a
+/// multiple of clients, and every call gets turns.
+fn call_for(client: usize, n: u64, clients: usize, calls: usize) -> usize {
+    let calls = calls.max(1);
+    let clients = clients.max(1);
+    let client = client % clients;
+    if calls <= clients {
+        return client % calls;
+    }
+    // client < clients < calls, so it owns at least one call.
+    let owned = (calls - client).div_ceil(clients);
+    let turn =
+        usize::try_from(n.saturating_sub(1) % u64::try_from(owned).unwrap_or(1)).unwrap_or(0);
+    client + clients * turn
+}
+
+/// How the clients spread over the calls, for the header.
+fn spread(clients: usize, calls: usize) -> String {
+    if calls == 1 {
+        "all on one call".to_string()
+    } else if calls <= clients {
+        format!("client i posts to call i % {calls}")
+    } else {
+        format!(
+            "client i cycles through calls i, i+{clients}, i+{}, ...",
+            2 * clients
+        )
+    }
+}
+
 /// What the clients of one load run saw.
 #[derive(Debug, Default)]
 struct Load {
     ok: u64,
-    created: u64,
+    /// 201s (new turns) per call.
+    created: PerCall,
     non_2xx: u64,
     errors: u64,
     latencies_us: Vec<u64>,
@@ -468,7 +553,7 @@ struct Load {
 impl Load {
     fn merge(&mut self, other: Load) {
         self.ok += other.ok;
-        self.created += other.created;
+        self.created.merge(&other.created);
         self.non_2xx += other.non_2xx;
         self.errors += other.errors;
         self.latencies_us.extend(other.latencies_us);
@@ -510,10 +595,12 @@ fn percentile(sorted: &[u64], p: u64) -> Option<u64> {
 }
 
 /// `clients` threads, each with its own keep-alive connection, sending `request` in a
-/// loop until `duration` has passed.
+/// loop until `duration` has passed. `request(client, id, n)` sends request `n` (1, 2, ...)
+/// of client `id` and says which call it was for (0 when that does not matter), so the
+/// 201s are counted per call.
 fn run_load<F>(addr: &str, clients: usize, duration: Duration, request: F) -> Result<Load>
 where
-    F: Fn(&mut Client, usize, u64) -> std::result::Result<Message, String> + Sync,
+    F: Fn(&mut Client, usize, u64) -> (usize, std::result::Result<Message, String>) + Sync,
 {
     let request = &request;
     let started = Instant::now();
@@ -528,7 +615,8 @@ where
                     while Instant::now() < deadline {
                         counter += 1;
                         let sent = Instant::now();
-                        match request(&mut client, id, counter) {
+                        let (call, result) = request(&mut client, id, counter);
+                        match result {
                             Ok(response) => {
                                 let micros = sent.elapsed().as_micros();
                                 load.latencies_us
@@ -536,7 +624,7 @@ where
                                 match response.status() {
                                     Some(201) => {
                                         load.ok += 1;
-                                        load.created += 1;
+                                        load.created.add(call);
                                     }
                                     Some(200..=299) => load.ok += 1,
                                     _ => {
@@ -580,32 +668,42 @@ where
     Ok(total)
 }
 
-fn throughput(options: &Options, addr: &str, call_sid: &str) -> Result<(Vec<String>, bool)> {
+fn throughput(options: &Options, addr: &str, call_sids: &[String]) -> Result<(Vec<String>, bool)> {
     let duration = Duration::from_secs(options.seconds);
     let clients = options.clients;
+    let calls = call_sids.len();
+    if calls == 0 {
+        return Err("no calls for the webhook turns".into());
+    }
     println!(
-        "\n== webhook throughput ({clients} clients, {} s per run, keep-alive HTTP/1.1) ==",
+        "\n== webhook throughput ({clients} clients, {calls} call{}, {} s per run, keep-alive HTTP/1.1) ==",
+        if calls == 1 { "" } else { "s" },
         options.seconds
     );
+    println!("  turns spread: {}", spread(clients, calls));
     println!(
         "  {:<28} {:>10} {:>9} {:>9} {:>8} {:>8} {:>7}",
         "", "req/s", "p50 ms", "p99 ms", "2xx", "non-2xx", "errors"
     );
 
     let health = run_load(addr, clients, duration, |client, _, _| {
-        client.send("GET", "/healthz", &[], None)
+        (0, client.send("GET", "/healthz", &[], None))
     })?;
     println!("{}", health.row("GET /healthz (baseline)"));
 
     let auth = format!("Bearer {WEBHOOK_SECRET}");
     let timestamp = json::quote(&rfc3339_utc(unix_now()));
-    let sid = json::quote(call_sid);
+    let sids: Vec<String> = call_sids.iter().map(|sid| json::quote(sid)).collect();
     let webhook = run_load(addr, clients, duration, |client, id, n| {
+        let call = call_for(id, n, clients, calls);
+        let Some(sid) = sids.get(call) else {
+            return (call, Err(format!("no call number {call}")));
+        };
         let speaker = if n % 2 == 0 { "user" } else { "agent" };
         let body = format!(
             r#"{{"call_sid":{sid},"speaker":"{speaker}","message":"bench turn from client {id}, number {n}","timestamp":{timestamp}}}"#
         );
-        client.send(
+        let sent = client.send(
             "POST",
             "/webhooks/elevenlabs/transcription",
             &[
@@ -613,7 +711,8 @@ fn throughput(options: &Options, addr: &str, call_sid: &str) -> Result<(Vec<Stri
                 ("Content-Type", "application/json"),
             ],
             Some(&body),
-        )
+        );
+        (call, sent)
     })?;
     println!("{}", webhook.row("POST transcription webhook"));
 
@@ -629,19 +728,22 @@ fn throughput(options: &Options, addr: &str, call_sid: &str) -> Result<(Vec<Stri
         }
     }
 
-    let check = check_transcript(addr, call_sid, webhook.created);
-    let transcript_ok = check.is_ok();
-    let verdict = match &check {
-        Ok(n) => format!("OK ({n} turns, sequence numbers exactly 1..={n})"),
+    let checks = check_transcripts(addr, call_sids, &webhook.created);
+    let verdict = transcripts_verdict(&checks);
+    let transcript_ok = verdict.is_ok();
+    let verdict = match verdict {
+        Ok(ok) => format!("OK ({ok})"),
         Err(e) => format!("FAIL: {e}"),
     };
     println!("  transcript check: {verdict}");
 
+    let created = webhook.created.total();
     Ok((
         vec![
             format!(
-                "webhook: {:.1} req/s = {rate_ratio:.3} x GET /healthz ({:.1} req/s); \
+                "webhook ({calls} call{}): {:.1} req/s = {rate_ratio:.3} x GET /healthz ({:.1} req/s); \
                  p50 {:.2} ms vs {:.2} ms, p99 {:.2} ms vs {:.2} ms",
+                if calls == 1 { "" } else { "s" },
                 webhook.per_second(),
                 health.per_second(),
                 webhook.ms(50),
@@ -650,8 +752,11 @@ fn throughput(options: &Options, addr: &str, call_sid: &str) -> Result<(Vec<Stri
                 health.ms(99)
             ),
             format!(
-                "webhook responses: {} 2xx ({} new turns), {} non-2xx, {} transport errors",
-                webhook.ok, webhook.created, webhook.non_2xx, webhook.errors
+                "webhook responses: {} 2xx ({created} new turns over {calls} call{}), {} non-2xx, {} transport errors",
+                webhook.ok,
+                if calls == 1 { "" } else { "s" },
+                webhook.non_2xx,
+                webhook.errors
             ),
             format!("transcript: {verdict}"),
         ],
@@ -659,9 +764,70 @@ fn throughput(options: &Options, addr: &str, call_sid: &str) -> Result<(Vec<Stri
     ))
 }
 
+/// Check every call's transcript against the 201s it got: one result per call, in order,
+/// with its turn count or what is wrong (naming the call).
+fn check_transcripts(
+    addr: &str,
+    call_sids: &[String],
+    created: &PerCall,
+) -> Vec<std::result::Result<u64, String>> {
+    // One keep-alive client for all of them; GETs are safe to retry.
+    let mut client = match Client::new(addr, REQUEST_TIMEOUT) {
+        Ok(client) => client,
+        Err(e) => return vec![Err(e)],
+    };
+    call_sids
+        .iter()
+        .enumerate()
+        .map(|(call, sid)| {
+            check_transcript(&mut client, sid, created.get(call))
+                .map_err(|e| format!("call {call} ({sid}): {e}"))
+        })
+        .collect()
+}
+
+/// The checks of all calls in one line: `Ok` with what was verified when every call's
+/// transcript is right, otherwise `Err` with how many calls failed and the first problems.
+fn transcripts_verdict(
+    checks: &[std::result::Result<u64, String>],
+) -> std::result::Result<String, String> {
+    const SHOWN: usize = 3;
+    let failed: Vec<&String> = checks.iter().filter_map(|c| c.as_ref().err()).collect();
+    if let Some(first) = failed.first() {
+        if checks.len() == 1 {
+            return Err((*first).clone());
+        }
+        let mut text = format!("{} of {} calls: ", failed.len(), checks.len());
+        let shown: Vec<&str> = failed.iter().take(SHOWN).map(|s| s.as_str()).collect();
+        text.push_str(&shown.join("; "));
+        if failed.len() > SHOWN {
+            text.push_str(&format!("; and {} more", failed.len() - SHOWN));
+        }
+        return Err(text);
+    }
+    let counts: Vec<u64> = checks
+        .iter()
+        .filter_map(|c| c.as_ref().ok().copied())
+        .collect();
+    let (Some(min), Some(max)) = (counts.iter().min(), counts.iter().max()) else {
+        return Err("no calls were checked".to_string());
+    };
+    if let [n] = counts.as_slice() {
+        return Ok(format!("{n} turns, sequence numbers exactly 1..={n}"));
+    }
+    Ok(format!(
+        "{} calls, {} turns; each call's sequence numbers exactly 1..=k_c, k_c from {min} to {max}",
+        counts.len(),
+        counts.iter().sum::<u64>()
+    ))
+}
+
 /// The stored turns are exactly 1..=created, all distinct: no gap, no duplicate, none lost.
-fn check_transcript(addr: &str, call_sid: &str, created: u64) -> std::result::Result<u64, String> {
-    let mut client = Client::new(addr, REQUEST_TIMEOUT)?;
+fn check_transcript(
+    client: &mut Client,
+    call_sid: &str,
+    created: u64,
+) -> std::result::Result<u64, String> {
     let auth = format!("Bearer {API_TOKEN}");
     let response = client.send(
         "GET",
@@ -1286,6 +1452,8 @@ mod tests {
             "--seconds",
             "3",
             "--clients=2",
+            "--calls",
+            "16",
         ]));
         assert_eq!(
             parsed.ok(),
@@ -1295,12 +1463,109 @@ mod tests {
                 call_concurrency: Some(4),
                 seconds: 3,
                 clients: 2,
+                calls: 16,
             })
         );
+        assert_eq!(
+            parse_options(&args(&["--calls=1024"]))
+                .ok()
+                .map(|o| o.calls),
+            Some(1024)
+        );
+        assert!(parse_options(&args(&["--calls", "0"])).is_err());
+        assert!(parse_options(&args(&["--calls", "1025"])).is_err());
         assert!(parse_options(&args(&["--drivers", "0"])).is_err());
         assert!(parse_options(&args(&["--seconds"])).is_err());
         assert!(parse_options(&args(&["--nope", "1"])).is_err());
         assert!(parse_options(&args(&["--delay-ms", "99999"])).is_err());
+    }
+
+    #[test]
+    fn counts_201s_per_call() {
+        let mut a = PerCall::default();
+        assert_eq!((a.get(0), a.total()), (0, 0));
+        a.add(2);
+        a.add(0);
+        a.add(2);
+        assert_eq!(a, PerCall(vec![1, 0, 2]));
+        let mut b = PerCall::default();
+        b.add(4);
+        b.add(0);
+        a.merge(&b);
+        assert_eq!(a, PerCall(vec![2, 0, 2, 0, 1]));
+        assert_eq!((a.get(0), a.get(4), a.get(99), a.total()), (2, 1, 0, 5));
+        // Merging a shorter one keeps the longer's tail.
+        let mut c = PerCall(vec![1]);
+        c.merge(&a);
+        b.merge(&PerCall(vec![7]));
+        assert_eq!(c, PerCall(vec![3, 0, 2, 0, 1]));
+        assert_eq!(b, PerCall(vec![8, 0, 0, 0, 1]));
+    }
+
+    #[test]
+    fn spreads_clients_over_calls() {
+        // One call: everything goes to it.
+        assert!((0..16).all(|client| (1..50).all(|n| call_for(client, n, 16, 1) == 0)));
+        // No more calls than clients: client i sticks to call i % calls.
+        for (clients, calls) in [(16, 16), (16, 5), (3, 3)] {
+            for client in 0..clients {
+                assert!((1..20).all(|n| call_for(client, n, clients, calls) == client % calls));
+            }
+        }
+        // More calls than clients: each client cycles through its own calls, and together
+        // they cover every call exactly once per cycle.
+        for (clients, calls) in [(3, 8), (16, 1024), (1, 5), (4, 5)] {
+            let mut owner = vec![None; calls];
+            for client in 0..clients {
+                let owned = (calls - client).div_ceil(clients);
+                let first: Vec<usize> = (1..=owned as u64)
+                    .map(|n| call_for(client, n, clients, calls))
+                    .collect();
+                let again: Vec<usize> = (owned as u64 + 1..=2 * owned as u64)
+                    .map(|n| call_for(client, n, clients, calls))
+                    .collect();
+                assert_eq!(first, again, "client {client} repeats its cycle");
+                for call in first {
+                    assert!(call < calls);
+                    assert_eq!(call % clients, client);
+                    assert_eq!(owner[call].replace(client), None, "call {call} owned twice");
+                }
+            }
+            assert!(
+                owner.iter().all(Option::is_some),
+                "{clients} clients, {calls} calls"
+            );
+        }
+        assert_eq!(spread(16, 1), "all on one call");
+        assert_eq!(spread(16, 4), "client i posts to call i % 4");
+        assert!(spread(16, 64).contains("i+16, i+32"));
+    }
+
+    #[test]
+    fn sums_up_the_transcript_checks() {
+        assert_eq!(
+            transcripts_verdict(&[Ok(5)]),
+            Ok("5 turns, sequence numbers exactly 1..=5".to_string())
+        );
+        let ok = transcripts_verdict(&[Ok(5), Ok(0), Ok(7)]);
+        assert_eq!(
+            ok,
+            Ok(
+                "3 calls, 12 turns; each call's sequence numbers exactly 1..=k_c, k_c from 0 to 7"
+                    .to_string()
+            )
+        );
+        assert_eq!(transcripts_verdict(&[Err("gap".into())]), Err("gap".into()));
+        let failed = transcripts_verdict(&[
+            Ok(1),
+            Err("a".into()),
+            Err("b".into()),
+            Ok(2),
+            Err("c".into()),
+            Err("d".into()),
+        ]);
+        assert_eq!(failed, Err("4 of 6 calls: a; b; c; and 1 more".to_string()));
+        assert!(transcripts_verdict(&[]).is_err());
     }
 
     #[test]

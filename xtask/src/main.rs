@@ -29,8 +29,9 @@ Commands:
   run                           start a local server with simulated telephony and a sample call
   demo                          end-to-end check: place simulated calls and print their transcripts
   test [--no-demo] [args...]    run all tests against the database, then the demo
-  bench [options]               time batch placement and webhook throughput of a release
-                                server against a fake ElevenLabs (`bench --help` for options)
+  bench [options]               time batch placement and webhook throughput (turns spread
+                                over --calls N calls, default 1) of a release server against
+                                a fake ElevenLabs (`bench --help` for options)
   help                          show this text
 
 The database is DATABASE_URL when it is set and reachable, otherwise a private
