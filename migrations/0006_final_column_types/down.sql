@@ -1,3 +1,8 @@
+ALTER TABLE call_transcriptions ALTER COLUMN created_at DROP DEFAULT;
+ALTER TABLE calls ALTER COLUMN updated_at DROP DEFAULT;
+ALTER TABLE calls ALTER COLUMN created_at DROP DEFAULT;
+ALTER TABLE calls ALTER COLUMN status DROP DEFAULT;
+
 ALTER TABLE calls DROP COLUMN failure_reason;
 
 ALTER TABLE call_transcriptions ALTER COLUMN id TYPE INTEGER;

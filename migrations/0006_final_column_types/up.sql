@@ -19,3 +19,10 @@ ALTER TABLE call_transcriptions ALTER COLUMN id TYPE BIGINT;
 
 -- Why a call failed, for audit.
 ALTER TABLE calls ADD COLUMN failure_reason TEXT;
+
+-- Defaults for bookkeeping columns, so hand-written SQL (operators, scripts) need not
+-- supply them; the service always sets them explicitly.
+ALTER TABLE calls ALTER COLUMN status SET DEFAULT 'in_progress';
+ALTER TABLE calls ALTER COLUMN created_at SET DEFAULT now();
+ALTER TABLE calls ALTER COLUMN updated_at SET DEFAULT now();
+ALTER TABLE call_transcriptions ALTER COLUMN created_at SET DEFAULT now();
