@@ -31,7 +31,8 @@ async fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error.cause_chain = ?e, "{e:#}");
+            // `{:#}` is the whole cause chain on one line (Debug would add a backtrace).
+            tracing::error!("{e:#}");
             eprintln!("calls-server: {e:#}");
             std::process::ExitCode::FAILURE
         }
