@@ -8,7 +8,7 @@
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -17,10 +17,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::clock::{rfc3339_utc, unix_now};
 use crate::db::{ensure_database, tail};
-use crate::dev::{Server, free_port};
+use crate::dev::{Profile, Server, build_server_with, free_port};
 use crate::error::{Context, Error, Result};
 use crate::json::{self, Json};
-use crate::process::{cargo, find_in_path, output, project_root, run, run_quietly, target_dir};
+use crate::process::{find_in_path, output, project_root, run_quietly, target_dir};
 
 const API_TOKEN: &str = "bench-api-token";
 const WEBHOOK_SECRET: &str = "bench-webhook-secret";
@@ -136,7 +136,9 @@ pub fn bench(args: &[String]) -> Result<()> {
     let options = parse_options(args)?;
     let root = project_root()?;
     let db_url = ensure_database()?;
-    let bin = build_release(&root)?;
+    // Release, because debug-build figures say little about the service.
+    eprintln!("bench: cargo build --release -p calls-server");
+    let bin = build_server_with(&root, Profile::Release)?;
     let schema = format!("bench_{}", unix_now());
     let log_path = target_dir(&root).join("xtask-bench-server.log");
 
@@ -166,25 +168,6 @@ pub fn bench(args: &[String]) -> Result<()> {
             eprintln!("{}", tail(&log_path, 30));
             Err(Error::Msg("bench failed".to_string()))
         }
-    }
-}
-
-/// Release, because debug-build figures say little about the service.
-fn build_release(root: &Path) -> Result<PathBuf> {
-    eprintln!("bench: cargo build --release -p calls-server");
-    run(
-        cargo(root).args(["build", "--release", "-p", "calls-server"]),
-        "cargo build --release -p calls-server",
-    )?;
-    let bin = target_dir(root).join("release").join("calls-server");
-    if bin.is_file() {
-        Ok(bin)
-    } else {
-        Err(format!(
-            "cargo built calls-server but {} does not exist",
-            bin.display()
-        )
-        .into())
     }
 }
 

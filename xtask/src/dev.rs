@@ -38,13 +38,25 @@ pub fn calls_server(
     run(&mut cmd, &format!("calls-server {subcommand}"))
 }
 
+/// Cargo profiles the server is built with: `dev` for run/demo, `release` for bench.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Profile {
+    Dev,
+    Release,
+}
+
 /// Build calls-server and return the binary, which we run directly so signals reach it.
 fn build_server(root: &Path) -> Result<PathBuf> {
-    run(
-        cargo(root).args(["build", "--quiet", "-p", "calls-server"]),
-        "cargo build -p calls-server",
-    )?;
-    let bin = target_dir(root).join("debug").join("calls-server");
+    build_server_with(root, Profile::Dev)
+}
+
+pub(crate) fn build_server_with(root: &Path, profile: Profile) -> Result<PathBuf> {
+    let (args, dir): (&[&str], &str) = match profile {
+        Profile::Dev => (&["build", "--quiet", "-p", "calls-server"], "debug"),
+        Profile::Release => (&["build", "--release", "-p", "calls-server"], "release"),
+    };
+    run(cargo(root).args(args), &format!("cargo {}", args.join(" ")))?;
+    let bin = target_dir(root).join(dir).join("calls-server");
     if bin.is_file() {
         Ok(bin)
     } else {

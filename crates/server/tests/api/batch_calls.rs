@@ -56,6 +56,16 @@ impl TestApp {
     }
 }
 
+/// The fake ElevenLabs answers dials to `to_number` with `response`.
+async fn answer_for(app: &TestApp, to_number: &str, response: ResponseTemplate) {
+    Mock::given(method("POST"))
+        .and(path(OUTBOUND))
+        .and(body_partial_json(json!({ "to_number": to_number })))
+        .respond_with(response)
+        .mount(&app.elevenlabs)
+        .await;
+}
+
 /// A fake ElevenLabs that, while the request is in flight, looks the Call up in our database.
 struct CheckDbThenSucceed {
     url: String,
@@ -231,18 +241,8 @@ async fn drivers_of_a_batch_are_dialed_concurrently() {
 #[tokio::test]
 async fn a_partial_failure_is_207_and_the_failed_call_keeps_its_reason() {
     let app = spawn_app().await;
-    Mock::given(method("POST"))
-        .and(path(OUTBOUND))
-        .and(body_partial_json(json!({"to_number": "+15551230001"})))
-        .respond_with(success("conv_ok_1"))
-        .mount(&app.elevenlabs)
-        .await;
-    Mock::given(method("POST"))
-        .and(path(OUTBOUND))
-        .and(body_partial_json(json!({"to_number": "+15551230002"})))
-        .respond_with(ResponseTemplate::new(500))
-        .mount(&app.elevenlabs)
-        .await;
+    answer_for(&app, "+15551230001", success("conv_ok_1")).await;
+    answer_for(&app, "+15551230002", ResponseTemplate::new(500)).await;
 
     let response = app
         .post_batch(&batch(
@@ -505,21 +505,14 @@ async fn a_turn_for_a_failed_call_is_400() {
 #[tokio::test]
 async fn calls_placed_are_counted_by_outcome() {
     let app = spawn_app().await;
-    Mock::given(method("POST"))
-        .and(path(OUTBOUND))
-        .and(body_partial_json(json!({"to_number": "+15551230001"})))
-        .respond_with(success("conv_m1"))
-        .mount(&app.elevenlabs)
-        .await;
-    Mock::given(method("POST"))
-        .and(path(OUTBOUND))
-        .and(body_partial_json(json!({"to_number": "+15551230002"})))
-        .respond_with(
-            ResponseTemplate::new(429)
-                .set_body_json(json!({"detail": {"status": "system_busy", "message": "busy"}})),
-        )
-        .mount(&app.elevenlabs)
-        .await;
+    answer_for(&app, "+15551230001", success("conv_m1")).await;
+    answer_for(
+        &app,
+        "+15551230002",
+        ResponseTemplate::new(429)
+            .set_body_json(json!({"detail": {"status": "system_busy", "message": "busy"}})),
+    )
+    .await;
 
     app.post_batch(&batch(
         "1700000900",
