@@ -526,15 +526,7 @@ async fn calls_placed_are_counted_by_outcome() {
         m.counter("calls_placed_total", &[("outcome", "rate_limited")]),
         1
     );
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .expect("sent")
-        .text()
-        .await
-        .expect("text");
+    let text = app.get("/metrics").await.text().await.expect("text");
     assert!(
         text.contains("elevenlabs_request_duration_seconds_count 2"),
         "{text}"

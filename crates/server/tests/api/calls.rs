@@ -34,12 +34,7 @@ async fn reading_requires_the_api_token() {
     let app = spawn_app().await;
     app.create_call("EL_22_auth", None).await;
 
-    let anonymous = app
-        .client
-        .get(app.url("/calls/EL_22_auth"))
-        .send()
-        .await
-        .expect("sent");
+    let anonymous = app.get("/calls/EL_22_auth").await;
     let wrong = app
         .client
         .get(app.url("/calls/EL_22_auth/transcriptions"))

@@ -4,18 +4,8 @@ use crate::helpers::{assert_envelope, spawn_app};
 async fn healthz_and_readyz_answer_200_when_the_database_is_up() {
     let app = spawn_app().await;
 
-    let health = app
-        .client
-        .get(app.url("/healthz"))
-        .send()
-        .await
-        .expect("sent");
-    let ready = app
-        .client
-        .get(app.url("/readyz"))
-        .send()
-        .await
-        .expect("sent");
+    let health = app.get("/healthz").await;
+    let ready = app.get("/readyz").await;
 
     assert_eq!(health.status().as_u16(), 200);
     assert_eq!(ready.status().as_u16(), 200);
@@ -25,12 +15,7 @@ async fn healthz_and_readyz_answer_200_when_the_database_is_up() {
 async fn every_response_carries_a_request_id_and_echoes_the_callers() {
     let app = spawn_app().await;
 
-    let generated = app
-        .client
-        .get(app.url("/healthz"))
-        .send()
-        .await
-        .expect("sent");
+    let generated = app.get("/healthz").await;
     let echoed = app
         .client
         .get(app.url("/calls/EL_x"))
@@ -57,13 +42,8 @@ async fn every_response_carries_a_request_id_and_echoes_the_callers() {
 async fn unknown_routes_and_methods_get_the_envelope() {
     let app = spawn_app().await;
 
-    let missing = app.client.get(app.url("/nope")).send().await.expect("sent");
-    let method = app
-        .client
-        .get(app.url("/webhooks/elevenlabs/transcription"))
-        .send()
-        .await
-        .expect("sent");
+    let missing = app.get("/nope").await;
+    let method = app.get("/webhooks/elevenlabs/transcription").await;
 
     assert_envelope(missing, 404).await;
     assert_envelope(method, 405).await;
@@ -72,18 +52,9 @@ async fn unknown_routes_and_methods_get_the_envelope() {
 #[tokio::test]
 async fn metrics_are_exposed_in_prometheus_format() {
     let app = spawn_app().await;
-    app.client
-        .get(app.url("/healthz"))
-        .send()
-        .await
-        .expect("sent");
+    app.get("/healthz").await;
 
-    let response = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .expect("sent");
+    let response = app.get("/metrics").await;
 
     assert_eq!(response.status().as_u16(), 200);
     let text = response.text().await.expect("text");

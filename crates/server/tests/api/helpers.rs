@@ -138,6 +138,15 @@ impl TestApp {
         req.send().await.expect("request sent")
     }
 
+    /// A GET without credentials.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request sent")
+    }
+
     pub async fn get_authed(&self, path: &str) -> reqwest::Response {
         self.client
             .get(self.url(path))

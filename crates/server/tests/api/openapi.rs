@@ -35,15 +35,7 @@ fn docs_api_md_describes_every_route() {
 async fn openapi_json_is_served_with_schemas_examples_and_security() {
     let app = spawn_app().await;
 
-    let doc: Value = app
-        .client
-        .get(app.url("/openapi.json"))
-        .send()
-        .await
-        .expect("sent")
-        .json()
-        .await
-        .expect("json");
+    let doc: Value = app.get("/openapi.json").await.json().await.expect("json");
 
     assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")));
     for scheme in ["api_token", "webhook_bearer", "elevenlabs_signature"] {
@@ -105,7 +97,7 @@ async fn every_documented_operation_is_answered_by_its_route() {
 async fn the_docs_page_works_without_internet() {
     let app = spawn_app().await;
 
-    let response = app.client.get(app.url("/docs")).send().await.expect("sent");
+    let response = app.get("/docs").await;
 
     assert_eq!(response.status().as_u16(), 200);
     assert!(

@@ -102,12 +102,7 @@ async fn a_database_outage_gives_500_and_not_ready_then_recovers_without_restart
             "2024-11-21T10:30:01Z",
         ))
         .await;
-    let ready_during = app
-        .client
-        .get(app.url("/readyz"))
-        .send()
-        .await
-        .expect("sent");
+    let ready_during = app.get("/readyz").await;
 
     assert_eq!(during.status().as_u16(), 500);
     let body: Value = during.json().await.expect("json");
@@ -131,12 +126,7 @@ async fn a_database_outage_gives_500_and_not_ready_then_recovers_without_restart
             "2024-11-21T10:30:02Z",
         ))
         .await;
-    let ready_after = app
-        .client
-        .get(app.url("/readyz"))
-        .send()
-        .await
-        .expect("sent");
+    let ready_after = app.get("/readyz").await;
 
     assert_eq!(after.status().as_u16(), 201);
     let body: Value = after.json().await.expect("json");
@@ -158,18 +148,8 @@ async fn a_database_on_a_closed_port_is_500_and_not_ready() {
             "2024-11-21T10:30:00Z",
         ))
         .await;
-    let ready = app
-        .client
-        .get(app.url("/readyz"))
-        .send()
-        .await
-        .expect("sent");
-    let health = app
-        .client
-        .get(app.url("/healthz"))
-        .send()
-        .await
-        .expect("sent");
+    let ready = app.get("/readyz").await;
+    let health = app.get("/healthz").await;
 
     assert_eq!(response.status().as_u16(), 500);
     let body: Value = response.json().await.expect("json");
