@@ -56,6 +56,16 @@ impl TestApp {
     }
 }
 
+/// The fake ElevenLabs fails the test (on drop) if anyone is dialed.
+async fn expect_no_dials(app: &TestApp) {
+    Mock::given(method("POST"))
+        .and(path(OUTBOUND))
+        .respond_with(success("never"))
+        .expect(0)
+        .mount(&app.elevenlabs)
+        .await;
+}
+
 /// The fake ElevenLabs answers dials to `to_number` with `response`.
 async fn answer_for(app: &TestApp, to_number: &str, response: ResponseTemplate) {
     Mock::given(method("POST"))
@@ -374,12 +384,7 @@ async fn a_retried_batch_is_409_and_nobody_is_dialed_twice() {
 #[tokio::test]
 async fn invalid_batches_are_400_write_nothing_and_dial_nobody() {
     let app = spawn_app().await;
-    Mock::given(method("POST"))
-        .and(path(OUTBOUND))
-        .respond_with(success("never"))
-        .expect(0)
-        .mount(&app.elevenlabs)
-        .await;
+    expect_no_dials(&app).await;
     let mut missing_name = driver(1, "+15551230001");
     missing_name
         .as_object_mut()
@@ -454,12 +459,7 @@ async fn invalid_batches_are_400_write_nothing_and_dial_nobody() {
 #[tokio::test]
 async fn the_batch_api_requires_the_api_token() {
     let app = spawn_app().await;
-    Mock::given(method("POST"))
-        .and(path(OUTBOUND))
-        .respond_with(success("never"))
-        .expect(0)
-        .mount(&app.elevenlabs)
-        .await;
+    expect_no_dials(&app).await;
 
     let response = app
         .client
