@@ -532,3 +532,22 @@ async fn calls_placed_are_counted_by_outcome() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_identical_batches_dial_each_driver_once() {
+    let app = spawn_app().await;
+    Mock::given(method("POST"))
+        .and(path(OUTBOUND))
+        .respond_with(success("conv_race").set_delay(Duration::from_millis(100)))
+        .expect(1)
+        .mount(&app.elevenlabs)
+        .await;
+    let request = batch("1700001000", vec![driver(1, "+15551230001")]);
+
+    let responses = futures_util::future::join_all((0..4).map(|_| app.post_batch(&request))).await;
+
+    let mut statuses: Vec<u16> = responses.iter().map(|r| r.status().as_u16()).collect();
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 409, 409, 409]);
+    assert_eq!(app.calls_count().await, 1);
+}
