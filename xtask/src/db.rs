@@ -75,7 +75,13 @@ fn down() -> Result<()> {
              and leaves it running."
         );
     }
-    let layout = Layout::new(&project_root()?)?;
+    let root = project_root()?;
+    let fallback = Layout::fallback(&root)?;
+    let layout = if Path::new(&fallback.data).join("PG_VERSION").exists() {
+        fallback
+    } else {
+        Layout::new(&root)?
+    };
     if !Path::new(&layout.data).join("PG_VERSION").exists() {
         eprintln!(
             "xtask: no private cluster in {}; nothing to stop",
@@ -230,7 +236,21 @@ struct Layout {
 
 impl Layout {
     fn new(root: &Path) -> Result<Self> {
-        let base = root.join("target").join("xtask-pg");
+        Self::at(root.join("target").join("xtask-pg"))
+    }
+
+    /// Where the cluster lives when the `postgres` user cannot reach the checkout (a clone
+    /// under root's home, say): a directory in the temp dir, named after the checkout so
+    /// that it is reused across runs.
+    fn fallback(root: &Path) -> Result<Self> {
+        use std::hash::{Hash, Hasher};
+        // DefaultHasher::new() has fixed keys: the same checkout gets the same directory.
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        root.hash(&mut hasher);
+        Self::at(env::temp_dir().join(format!("calls-xtask-pg-{:016x}", hasher.finish())))
+    }
+
+    fn at(base: PathBuf) -> Result<Self> {
         let str_of = |p: PathBuf| {
             p.to_str()
                 .map(str::to_string)
@@ -287,7 +307,20 @@ fn ensure_private(root: &Path) -> Result<String> {
         );
     }
 
-    let cluster = Cluster::prepare(layout)?;
+    let fallback = Layout::fallback(root)?;
+    let cluster = if Path::new(&fallback.data).join("PG_VERSION").exists() {
+        Cluster::prepare(fallback)?
+    } else {
+        match Cluster::prepare(layout) {
+            Ok(cluster) => cluster,
+            Err(e) if is_root() => {
+                eprintln!("xtask: {e}");
+                eprintln!("xtask: keeping the private cluster in {} instead", fallback.base);
+                Cluster::prepare(fallback)?
+            }
+            Err(e) => return Err(e),
+        }
+    };
     cluster.init_if_needed()?;
     match cluster.state()? {
         State::Running => {
