@@ -315,7 +315,10 @@ fn ensure_private(root: &Path) -> Result<String> {
             Ok(cluster) => cluster,
             Err(e) if is_root() => {
                 eprintln!("xtask: {e}");
-                eprintln!("xtask: keeping the private cluster in {} instead", fallback.base);
+                eprintln!(
+                    "xtask: keeping the private cluster in {} instead",
+                    fallback.base
+                );
                 Cluster::prepare(fallback)?
             }
             Err(e) => return Err(e),

@@ -139,6 +139,14 @@ pub fn parse_timestamp(value: &str) -> Option<OffsetDateTime> {
     if value.is_empty() {
         return None;
     }
+    // Python's fromisoformat (the legacy system) also accepts a space between date and time.
+    let with_t;
+    let value = if value.as_bytes().get(10) == Some(&b' ') {
+        with_t = format!("{}T{}", &value[..10], &value[11..]);
+        with_t.as_str()
+    } else {
+        value
+    };
     let parsed = OffsetDateTime::parse(value, &Rfc3339)
         .or_else(|_| OffsetDateTime::parse(value, &Iso8601::DEFAULT))
         .or_else(|_| PrimitiveDateTime::parse(value, &Iso8601::DEFAULT).map(|t| t.assume_utc()))
@@ -168,6 +176,10 @@ mod tests {
         let offset = parse_timestamp("2024-11-21T12:30:00+02:00").expect("offset");
         let negative = parse_timestamp("2024-11-21T05:30:00-05:00").expect("negative");
         let naive = parse_timestamp("2024-11-21T10:30:00").expect("naive");
+        let spaced = parse_timestamp("2024-11-21 10:30:00").expect("space separator");
+        let basic = parse_timestamp("2024-11-21T10:30:00+0000").expect("basic offset");
+        assert_eq!(spaced, datetime!(2024-11-21 10:30:00 UTC));
+        assert_eq!(basic, datetime!(2024-11-21 10:30:00 UTC));
         assert_eq!(z, datetime!(2024-11-21 10:30:00 UTC));
         assert_eq!(offset, z);
         assert_eq!(negative, z);
