@@ -103,7 +103,12 @@ impl Reader {
         });
         RawBatch {
             call_type: self.string(obj, "callType", ""),
-            timestamp: self.string(obj, "timestamp", ""),
+            // Dispatchers that send unix seconds as a JSON number get the same call_sid as
+            // with the string form.
+            timestamp: match obj.get("timestamp") {
+                Some(Value::Number(n)) if n.is_u64() || n.is_i64() => Some(n.to_string()),
+                _ => self.string(obj, "timestamp", ""),
+            },
             drivers,
         }
     }

@@ -551,3 +551,18 @@ async fn concurrent_identical_batches_dial_each_driver_once() {
     assert_eq!(statuses, [200, 409, 409, 409]);
     assert_eq!(app.calls_count().await, 1);
 }
+
+#[tokio::test]
+async fn a_numeric_timestamp_forms_the_same_call_sid_as_its_string() {
+    let app = spawn_app().await;
+    answer_for(&app, "+15551230001", success("conv_numeric")).await;
+    let mut request = batch("ignored", vec![driver(7, "+15551230001")]);
+    request["timestamp"] = json!(1700001100);
+
+    let response = app.post_batch(&request).await;
+
+    assert_eq!(response.status().as_u16(), 200);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["call_sid"], "EL_7_1700001100");
+    assert_eq!(body["timestamp"], "1700001100");
+}
