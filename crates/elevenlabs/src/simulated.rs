@@ -233,7 +233,7 @@ fn script(vars: &BTreeMap<String, String>) -> Vec<Turn> {
         ),
         turn(
             Role::User,
-            "Traffic came to a sudden stop and I had to react. I'll keep more distance from now on."
+            "I saw that too. I am checking on it right now and will have it sorted before my next stop."
                 .to_owned(),
         ),
         turn(
