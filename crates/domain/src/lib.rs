@@ -6,7 +6,11 @@ pub mod ports;
 pub mod service;
 
 pub use models::{
-    Call, CallSid, CallSidError, CallStatus, CallTranscription, ConversationId,
-    ConversationIdError, NewCall, NewTurn, Speaker, SpeakerType, TurnParseError,
+    Call, CallOutcome, CallSid, CallSidError, CallStatus, CallTranscription, ConversationId,
+    ConversationIdError, ConversationReport, EventTurn, NewCall, NewTurn, Speaker, SpeakerType,
+    TurnParseError,
 };
-pub use ports::{AppendOutcome, CallRepository, RepositoryError, StoredTurn, Telephony};
+pub use ports::{
+    AppendOutcome, CallFinish, CallRepository, Ending, Finished, RepositoryError, StoredTurn,
+    Telephony,
+};

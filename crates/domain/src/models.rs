@@ -4,7 +4,9 @@
 mod batch;
 mod call;
 mod call_sid;
+mod conversation;
 mod conversation_id;
+mod outcome;
 mod phone_number;
 mod transcription;
 
@@ -13,7 +15,9 @@ pub use batch::{
 };
 pub use call::{Call, CallStatus, NewCall, UnknownCallStatus};
 pub use call_sid::{CallSid, CallSidError};
+pub use conversation::{ConversationReport, EventTurn};
 pub use conversation_id::{ConversationId, ConversationIdError};
+pub use outcome::CallOutcome;
 pub use phone_number::{InvalidPhoneNumber, PhoneNumber, mask};
 pub use transcription::{
     CallTranscription, NewTurn, Speaker, SpeakerType, TurnParseError, UnknownSpeaker,

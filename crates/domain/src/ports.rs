@@ -5,7 +5,8 @@
 use time::OffsetDateTime;
 
 use crate::models::{
-    Call, CallSid, CallStatus, CallTranscription, ConversationId, NewCall, NewTurn,
+    Call, CallOutcome, CallSid, CallStatus, CallTranscription, ConversationId, EventTurn, NewCall,
+    NewTurn,
 };
 
 pub mod telephony;
@@ -56,6 +57,48 @@ impl AppendOutcome {
         match self {
             Self::Created(t) | Self::Duplicate(t) => *t,
         }
+    }
+}
+
+/// How a Call ends, applied by [`CallRepository::finish_call`] in one transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallFinish {
+    /// ElevenLabs' conversation_id, linked to a Call that has none yet.
+    pub conversation_id: Option<ConversationId>,
+    pub ending: Ending,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ending {
+    /// The call took place. Sets `completed` (also on a Call we had marked `failed`: the
+    /// provider's word is final), the end time and the outcome, and reconciles the stored
+    /// transcript with ElevenLabs' (see [`crate::service::transcript_merge`]). On a Call
+    /// already `completed` only the outcome and the transcript are brought up to date.
+    Completed {
+        end: OffsetDateTime,
+        outcome: CallOutcome,
+        /// Start of the conversation: inserted turns are timed from it.
+        start: OffsetDateTime,
+        transcript: Vec<EventTurn>,
+    },
+    /// The call never connected. Applies to an `in_progress` Call only.
+    Failed { end: OffsetDateTime, reason: String },
+}
+
+/// What [`CallRepository::finish_call`] changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finished {
+    /// The Call after the change.
+    pub call: Call,
+    pub status_changed: bool,
+    pub turns_inserted: usize,
+    pub turns_renumbered: usize,
+}
+
+impl Finished {
+    /// Nothing was written (a repeated event, or a final state the event may not change).
+    pub fn is_unchanged(&self) -> bool {
+        !self.status_changed && self.turns_inserted == 0 && self.turns_renumbered == 0
     }
 }
 
@@ -129,6 +172,20 @@ pub trait CallRepository: Send + Sync + 'static {
     /// [`RepositoryError::NotFound`] for an unknown call_sid;
     /// [`RepositoryError::Incomplete`] for a Call without conversation_id or a failed Call.
     async fn append_turn(&self, turn: &NewTurn) -> Result<AppendOutcome, RepositoryError>;
+
+    /// Ends a Call in one transaction under the Call's row lock (the lock appends take, so
+    /// a turn arriving meanwhile waits and then gets the next number): links the
+    /// conversation_id, applies the [`Ending`], and for `Completed` reconciles the
+    /// transcript. Idempotent: applying the same finish again changes nothing.
+    ///
+    /// # Errors
+    /// [`RepositoryError::NotFound`] for an unknown call_sid; [`RepositoryError::Conflict`]
+    /// when the Call has another conversation_id or another Call has this one.
+    async fn finish_call(
+        &self,
+        call_sid: &CallSid,
+        finish: &CallFinish,
+    ) -> Result<Finished, RepositoryError>;
 
     /// Checks that the database answers (readiness).
     async fn ping(&self) -> Result<(), RepositoryError>;

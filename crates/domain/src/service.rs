@@ -4,8 +4,9 @@ pub mod place_calls;
 pub mod post_call;
 pub mod prompt;
 pub mod record_turn;
+pub mod transcript_merge;
 
 pub use place_calls::{BatchOutcome, DriverCallResult, PlaceCalls, PlaceCallsError};
-pub use post_call::{ApplyPostCall, EventTurn, PostCallError, PostCallEvent, PostCallOutcome};
+pub use post_call::{ApplyPostCall, PostCallError, PostCallEvent, PostCallOutcome};
 pub use prompt::CallContext;
 pub use record_turn::{RecordTurn, RecordTurnError};

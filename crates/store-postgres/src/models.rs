@@ -19,6 +19,7 @@ pub(crate) struct CallRow {
     pub created_at: OffsetDateTime,
     pub updated_at: OffsetDateTime,
     pub failure_reason: Option<String>,
+    pub outcome: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Insertable)]
@@ -76,6 +77,11 @@ impl TryFrom<CallRow> for Call {
                 .parse()
                 .map_err(|e: calls_domain::models::UnknownCallStatus| invalid(e.to_string()))?,
             failure_reason: row.failure_reason,
+            outcome: row
+                .outcome
+                .map(serde_json::from_value)
+                .transpose()
+                .map_err(|e| invalid(format!("outcome: {e}")))?,
             created_at: row.created_at,
             updated_at: row.updated_at,
         })

@@ -1,10 +1,11 @@
 use async_trait::async_trait;
+use calls_domain::service::transcript_merge;
 use calls_domain::{
-    AppendOutcome, Call, CallRepository, CallSid, CallStatus, CallTranscription, ConversationId,
-    NewCall, NewTurn, RepositoryError, StoredTurn,
+    AppendOutcome, Call, CallFinish, CallRepository, CallSid, CallStatus, CallTranscription,
+    ConversationId, Ending, EventTurn, Finished, NewCall, NewTurn, RepositoryError, StoredTurn,
 };
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Bool, Integer, Text, Timestamptz};
+use diesel::sql_types::{Array, BigInt, Bool, Integer, Text, Timestamptz};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use time::OffsetDateTime;
 
@@ -280,6 +281,23 @@ impl CallRepository for PgCallRepository {
             .await
     }
 
+    #[tracing::instrument(skip_all, fields(call_sid = %call_sid))]
+    async fn finish_call(
+        &self,
+        call_sid: &CallSid,
+        finish: &CallFinish,
+    ) -> Result<Finished, RepositoryError> {
+        // One transaction: the event is applied whole or not at all, so a failed attempt
+        // leaves nothing behind and a replay of a committed one changes nothing. Retryable.
+        self.retry
+            .run("finish_call", |_| async move {
+                let mut conn = self.conn().await?;
+                conn.transaction(async |conn| finish_in_transaction(conn, call_sid, finish).await)
+                    .await
+            })
+            .await
+    }
+
     async fn ping(&self) -> Result<(), RepositoryError> {
         // No retries: readiness should report the database as it is now.
         let attempt = async {
@@ -289,6 +307,188 @@ impl CallRepository for PgCallRepository {
         };
         attempt.await.map_err(DbError::into_repository_error)
     }
+}
+
+async fn finish_in_transaction(
+    conn: &mut AsyncPgConnection,
+    call_sid: &CallSid,
+    finish: &CallFinish,
+) -> Result<Finished, DbError> {
+    // FOR UPDATE conflicts with the appends' FOR NO KEY UPDATE: a turn arriving now waits
+    // for this transaction and then numbers itself after the reconciled transcript.
+    let row = calls::table
+        .filter(calls::call_sid.eq(call_sid.as_str()))
+        .select(CallRow::as_select())
+        .for_update()
+        .first(conn)
+        .await
+        .optional()?
+        .ok_or(RepositoryError::NotFound)?;
+    let current = to_call(row)?;
+
+    let conversation_id = match (&current.conversation_id, &finish.conversation_id) {
+        (Some(mine), Some(theirs)) if mine != theirs => {
+            return Err(RepositoryError::Conflict(format!(
+                "call {call_sid} already has conversation_id {mine}"
+            ))
+            .into());
+        }
+        (Some(mine), _) => Some(mine.clone()),
+        (None, theirs) => theirs.clone(),
+    };
+    let link = current.conversation_id.is_none() && conversation_id.is_some();
+    let now = OffsetDateTime::now_utc();
+
+    let mut done = Finished {
+        call: current.clone(),
+        status_changed: false,
+        turns_inserted: 0,
+        turns_renumbered: 0,
+    };
+    match &finish.ending {
+        Ending::Completed {
+            end,
+            outcome,
+            start,
+            transcript,
+        } => {
+            let status_changed = current.status != CallStatus::Completed;
+            let outcome_changed = current.outcome.as_ref() != Some(outcome);
+            if status_changed || outcome_changed || link {
+                let outcome_json = serde_json::to_value(outcome)
+                    .map_err(|e| RepositoryError::Unexpected(Box::new(e)))?;
+                let (end, reason) = if status_changed {
+                    (Some(micros(*end)), None)
+                } else {
+                    (current.call_end_time, current.failure_reason.clone())
+                };
+                let row = diesel::update(calls::table.filter(calls::id.eq(current.id)))
+                    .set((
+                        calls::conversation_id.eq(conversation_id.as_ref().map(|c| c.as_str())),
+                        calls::status.eq(CallStatus::Completed.as_str()),
+                        calls::call_end_time.eq(end),
+                        calls::failure_reason.eq(reason),
+                        calls::outcome.eq(Some(outcome_json)),
+                        calls::updated_at.eq(now),
+                    ))
+                    .returning(CallRow::as_returning())
+                    .get_result(conn)
+                    .await
+                    .map_err(|e| conflict_on_unique(e.into(), call_sid))?;
+                done.call = to_call(row)?;
+                done.status_changed = status_changed;
+            }
+            if let Some(conversation_id) = &conversation_id {
+                let (inserted, renumbered) =
+                    reconcile_transcript(conn, conversation_id, *start, transcript).await?;
+                done.turns_inserted = inserted;
+                done.turns_renumbered = renumbered;
+            }
+        }
+        Ending::Failed { end, reason } => {
+            // Only a call still in progress can turn out never to have connected.
+            if current.status == CallStatus::InProgress {
+                let row = diesel::update(calls::table.filter(calls::id.eq(current.id)))
+                    .set((
+                        calls::conversation_id.eq(conversation_id.as_ref().map(|c| c.as_str())),
+                        calls::status.eq(CallStatus::Failed.as_str()),
+                        calls::call_end_time.eq(Some(micros(*end))),
+                        calls::failure_reason.eq(Some(reason.as_str())),
+                        calls::updated_at.eq(now),
+                    ))
+                    .returning(CallRow::as_returning())
+                    .get_result(conn)
+                    .await
+                    .map_err(|e| conflict_on_unique(e.into(), call_sid))?;
+                done.call = to_call(row)?;
+                done.status_changed = true;
+            }
+        }
+    }
+    Ok(done)
+}
+
+/// A unique violation while linking a conversation_id: another Call has it.
+fn conflict_on_unique(e: DbError, call_sid: &CallSid) -> DbError {
+    match is_unique_violation(&e) {
+        Some(constraint) => RepositoryError::Conflict(format!(
+            "the conversation_id for {call_sid} belongs to another call ({constraint})"
+        ))
+        .into(),
+        None => e,
+    }
+}
+
+/// Brings the stored transcript in line with the provider's (see `transcript_merge`).
+/// Runs under the Call's row lock. Returns (inserted, renumbered).
+async fn reconcile_transcript(
+    conn: &mut AsyncPgConnection,
+    conversation_id: &ConversationId,
+    start: OffsetDateTime,
+    transcript: &[EventTurn],
+) -> Result<(usize, usize), DbError> {
+    let rows: Vec<TranscriptionRow> = call_transcriptions::table
+        .filter(call_transcriptions::conversation_id.eq(conversation_id.as_str()))
+        .order(call_transcriptions::sequence_number.asc())
+        .select(TranscriptionRow::as_select())
+        .load(conn)
+        .await?;
+    let stored = rows
+        .into_iter()
+        .map(|row| CallTranscription::try_from(row).map_err(DbError::from))
+        .collect::<Result<Vec<_>, _>>()?;
+    let plan = transcript_merge::plan(&stored, transcript, start);
+    if plan.is_noop() {
+        return Ok((0, 0));
+    }
+
+    let (ids, targets): (Vec<i64>, Vec<i32>) =
+        plan.renumbered().map(|(id, _, to)| (id, to)).unzip();
+    if !ids.is_empty() {
+        // Two steps so the unique (conversation_id, sequence_number) constraint never sees
+        // two rows on one number midway: park the moving rows on negative numbers first.
+        diesel::sql_query(
+            "UPDATE call_transcriptions SET sequence_number = -sequence_number WHERE id = ANY($1)",
+        )
+        .bind::<Array<BigInt>, _>(&ids)
+        .execute(conn)
+        .await?;
+        diesel::sql_query(
+            "UPDATE call_transcriptions AS t SET sequence_number = v.seq \
+             FROM unnest($1::bigint[], $2::int[]) AS v(id, seq) WHERE t.id = v.id",
+        )
+        .bind::<Array<BigInt>, _>(&ids)
+        .bind::<Array<Integer>, _>(&targets)
+        .execute(conn)
+        .await?;
+    }
+
+    let mut numbers = Vec::new();
+    let mut speakers = Vec::new();
+    let mut texts = Vec::new();
+    let mut times = Vec::new();
+    for (seq, speaker, text, at) in plan.inserted() {
+        numbers.push(seq);
+        speakers.push(speaker.as_str());
+        texts.push(text);
+        times.push(micros(at));
+    }
+    if !numbers.is_empty() {
+        diesel::sql_query(
+            "INSERT INTO call_transcriptions \
+                 (conversation_id, speaker_type, message_text, timestamp, sequence_number, created_at) \
+             SELECT $1, v.speaker, v.text, v.at, v.seq, now() \
+             FROM unnest($2::text[], $3::text[], $4::timestamptz[], $5::int[]) AS v(speaker, text, at, seq)",
+        )
+        .bind::<Text, _>(conversation_id.as_str())
+        .bind::<Array<Text>, _>(&speakers)
+        .bind::<Array<Text>, _>(&texts)
+        .bind::<Array<Timestamptz>, _>(&times)
+        .bind::<Array<Integer>, _>(&numbers)
+        .execute(conn)
+        .await?;
+    }
+    Ok((numbers.len(), ids.len()))
 }
 
 async fn append_in_transaction(
@@ -317,12 +517,16 @@ async fn append_in_transaction(
     };
     // One statement, so the lock is held for one round trip plus the commit: the same
     // turn stored before wins (its ids come back); otherwise the next number is inserted.
+    // Once the Call is completed its transcript was reconciled with the provider's, whose
+    // timestamps are its own: a late delivery of a turn already there (same speaker and
+    // text) is a duplicate whatever its timestamp.
     // It runs after the lock statement, so its snapshot sees every append committed before.
     let row: AppendRow = diesel::sql_query(APPEND_SQL)
         .bind::<Text, _>(&conversation_id)
         .bind::<Text, _>(turn.speaker.as_str())
         .bind::<Timestamptz, _>(micros(turn.timestamp))
         .bind::<Text, _>(&turn.message)
+        .bind::<Bool, _>(status == CallStatus::Completed)
         .get_result(conn)
         .await?;
     let stored = StoredTurn {
@@ -339,7 +543,8 @@ async fn append_in_transaction(
 const APPEND_SQL: &str = "
 WITH dup AS (
     SELECT id, sequence_number FROM call_transcriptions
-    WHERE conversation_id = $1 AND speaker_type = $2 AND timestamp = $3 AND message_text = $4
+    WHERE conversation_id = $1 AND speaker_type = $2 AND message_text = $4
+      AND (timestamp = $3 OR $5)
     LIMIT 1
 ), ins AS (
     INSERT INTO call_transcriptions

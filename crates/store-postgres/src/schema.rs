@@ -12,6 +12,7 @@ diesel::table! {
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
         failure_reason -> Nullable<Text>,
+        outcome -> Nullable<Jsonb>,
     }
 }
 

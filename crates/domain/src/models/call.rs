@@ -3,7 +3,7 @@ use std::str::FromStr;
 
 use time::OffsetDateTime;
 
-use super::{CallSid, ConversationId};
+use super::{CallOutcome, CallSid, ConversationId};
 
 /// Lifecycle of a Call: written `InProgress` before dialing, then `Completed` or `Failed`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
@@ -65,6 +65,9 @@ pub struct Call {
     pub status: CallStatus,
     /// Why a call is `Failed`, kept for audit.
     pub failure_reason: Option<String>,
+    /// ElevenLabs' post-call analysis; `None` until a post-call event (or reconciliation)
+    /// brought one.
+    pub outcome: Option<CallOutcome>,
     pub created_at: OffsetDateTime,
     pub updated_at: OffsetDateTime,
 }

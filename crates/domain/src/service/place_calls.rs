@@ -295,6 +295,7 @@ mod tests {
             call_end_time: None,
             status: CallStatus::InProgress,
             failure_reason: None,
+            outcome: None,
             created_at: now,
             updated_at: now,
         }

@@ -1,43 +1,49 @@
-//! Apply ElevenLabs' post-call webhook to our Call: `post_call_transcription` completes
-//! it, `call_initiation_failure` fails it. Idempotent: a repeated delivery changes nothing.
+//! Apply what ElevenLabs reports about a call's end: `post_call_transcription` completes
+//! the Call (keeping the outcome and reconciling the transcript), `call_initiation_failure`
+//! fails it. Each event is applied whole in one transaction, or not at all; a repeated
+//! delivery changes nothing. The stale-call repair applies conversation-API answers here too.
 
 use std::sync::Arc;
 
 use time::{Duration, OffsetDateTime};
 
-use crate::models::{Call, CallSid, CallStatus, ConversationId, NewTurn, SpeakerType};
-use crate::ports::{BoxError, CallRepository, RepositoryError};
+use crate::models::{Call, CallSid, CallStatus, ConversationId, ConversationReport};
+use crate::ports::{BoxError, CallFinish, CallRepository, Ending, Finished, RepositoryError};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PostCallEvent {
-    Transcription {
-        conversation_id: ConversationId,
-        /// Our call_sid from the event's dynamic variables, when present.
-        call_sid: Option<CallSid>,
-        start_unix_secs: Option<i64>,
-        duration_secs: Option<i64>,
-        /// The event's transcript, used only when no turn reached our webhook.
-        transcript: Vec<EventTurn>,
-    },
+    Transcription(ConversationReport),
     InitiationFailure {
         conversation_id: Option<ConversationId>,
         call_sid: Option<CallSid>,
-        reason: String,
+        /// ElevenLabs' `failure_reason`: `busy`, `no-answer` or `unknown`.
+        failure_reason: String,
     },
 }
 
-/// One turn of a post-call transcript.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EventTurn {
-    pub speaker: SpeakerType,
-    pub message: String,
-    pub time_in_call_secs: i64,
+impl PostCallEvent {
+    /// Our call_sid, when the event carries it.
+    pub fn call_sid(&self) -> Option<&CallSid> {
+        match self {
+            Self::Transcription(report) => report.call_sid.as_ref(),
+            Self::InitiationFailure { call_sid, .. } => call_sid.as_ref(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PostCallOutcome {
-    Completed(CallSid),
+    /// The Call became `completed`; `turns_inserted` turns came from the event.
+    Completed {
+        call_sid: CallSid,
+        turns_inserted: usize,
+    },
     Failed(CallSid),
+    /// The transcript (or outcome) was brought up to date on a Call already completed.
+    Updated {
+        call_sid: CallSid,
+        turns_inserted: usize,
+    },
     /// Already in the state the event asks for, or in a final state it may not change.
     Unchanged(CallSid),
     UnknownCall,
@@ -70,7 +76,8 @@ impl ApplyPostCall {
     }
 
     /// By conversation_id; else by our call_sid (an outbound request that timed out on our
-    /// side may still have placed the call), linking the conversation_id to it.
+    /// side may still have placed the call). A Call found by call_sid that already has
+    /// another conversation_id is not this event's Call.
     async fn find(
         &self,
         conversation_id: Option<&ConversationId>,
@@ -86,14 +93,6 @@ impl ApplyPostCall {
             return Ok(None);
         };
         match (&call.conversation_id, conversation_id) {
-            (None, Some(conv)) => match self.repository.set_conversation_id(sid, conv).await {
-                Ok(linked) => Ok(Some(linked)),
-                Err(RepositoryError::Conflict(why)) => {
-                    tracing::warn!(%why, "post-call event's conversation_id cannot be linked");
-                    Ok(None)
-                }
-                Err(e) => Err(e.into()),
-            },
             (Some(mine), Some(theirs)) if mine != theirs => {
                 tracing::warn!(%mine, %theirs, "post-call event names another conversation for this call_sid");
                 Ok(None)
@@ -102,77 +101,114 @@ impl ApplyPostCall {
         }
     }
 
-    /// When no turn reached our webhook (a Call that failed on our side but took place
-    /// refuses them), the event's transcript is stored instead, so nothing is lost. It runs
-    /// on repeated deliveries too: appends are idempotent.
-    async fn recover_transcript(
+    /// Applies a finish; a conflict (the conversation_id belongs to another Call) or a
+    /// Call deleted meanwhile means the event has no Call of ours.
+    async fn finish(
         &self,
-        call_sid: &CallSid,
-        start: OffsetDateTime,
-        transcript: &[EventTurn],
-    ) -> Result<(), PostCallError> {
-        if transcript.is_empty() || !self.repository.list_turns(call_sid).await?.is_empty() {
-            return Ok(());
-        }
-        let mut stored = 0;
-        for turn in transcript.iter().filter(|t| !t.message.trim().is_empty()) {
-            let timestamp = start
-                .checked_add(Duration::seconds(turn.time_in_call_secs.max(0)))
-                .unwrap_or(start);
-            let new = NewTurn {
-                call_sid: call_sid.clone(),
-                speaker: turn.speaker,
-                message: turn.message.clone(),
-                timestamp,
-            };
-            match self.repository.append_turn(&new).await {
-                Ok(_) => stored += 1,
-                Err(RepositoryError::Incomplete { .. }) => return Ok(()),
-                Err(e) => return Err(e.into()),
+        call: &Call,
+        finish: CallFinish,
+    ) -> Result<Option<Finished>, PostCallError> {
+        match self.repository.finish_call(&call.call_sid, &finish).await {
+            Ok(done) => Ok(Some(done)),
+            Err(RepositoryError::Conflict(why)) => {
+                tracing::warn!(%why, "post-call event's conversation_id cannot be linked");
+                Ok(None)
             }
+            Err(RepositoryError::NotFound) => Ok(None),
+            Err(e) => Err(e.into()),
         }
-        tracing::info!(stored, "transcript recovered from the post-call event");
-        Ok(())
+    }
+
+    /// Completes `call` with a finished conversation's report: end time = start +
+    /// duration (start falls back to the Call's own, end to now), outcome, transcript.
+    pub async fn complete(
+        &self,
+        call: &Call,
+        report: &ConversationReport,
+    ) -> Result<PostCallOutcome, PostCallError> {
+        let start = report.start_time.unwrap_or(call.call_start_time);
+        let end = report
+            .duration_secs
+            .filter(|d| *d >= 0)
+            .and_then(|d| start.checked_add(Duration::seconds(d)))
+            .unwrap_or_else(OffsetDateTime::now_utc);
+        let finish = CallFinish {
+            conversation_id: Some(report.conversation_id.clone()),
+            ending: Ending::Completed {
+                end,
+                outcome: report.outcome.clone(),
+                start,
+                transcript: report.transcript.clone(),
+            },
+        };
+        let Some(done) = self.finish(call, finish).await? else {
+            return Ok(PostCallOutcome::UnknownCall);
+        };
+        let call_sid = done.call.call_sid.clone();
+        if done.turns_inserted > 0 || done.turns_renumbered > 0 {
+            tracing::info!(
+                inserted = done.turns_inserted,
+                renumbered = done.turns_renumbered,
+                "transcript reconciled with the provider's"
+            );
+        }
+        Ok(if done.status_changed {
+            PostCallOutcome::Completed {
+                call_sid,
+                turns_inserted: done.turns_inserted,
+            }
+        } else if done.is_unchanged() {
+            PostCallOutcome::Unchanged(call_sid)
+        } else {
+            PostCallOutcome::Updated {
+                call_sid,
+                turns_inserted: done.turns_inserted,
+            }
+        })
+    }
+
+    /// Fails an `in_progress` Call with `reason`; any other Call is left as it is.
+    pub async fn fail(
+        &self,
+        call: &Call,
+        conversation_id: Option<ConversationId>,
+        reason: String,
+    ) -> Result<PostCallOutcome, PostCallError> {
+        if call.status.is_terminal() {
+            return Ok(PostCallOutcome::Unchanged(call.call_sid.clone()));
+        }
+        let finish = CallFinish {
+            conversation_id,
+            ending: Ending::Failed {
+                end: OffsetDateTime::now_utc(),
+                reason,
+            },
+        };
+        Ok(match self.finish(call, finish).await? {
+            None => PostCallOutcome::UnknownCall,
+            Some(done) if done.status_changed && done.call.status == CallStatus::Failed => {
+                PostCallOutcome::Failed(done.call.call_sid)
+            }
+            Some(done) => PostCallOutcome::Unchanged(done.call.call_sid),
+        })
     }
 
     #[tracing::instrument(name = "post_call", skip_all)]
     pub async fn execute(&self, event: &PostCallEvent) -> Result<PostCallOutcome, PostCallError> {
         match event {
-            PostCallEvent::Transcription {
-                conversation_id,
-                call_sid,
-                start_unix_secs,
-                duration_secs,
-                transcript,
-            } => {
-                let Some(call) = self.find(Some(conversation_id), call_sid.as_ref()).await? else {
+            PostCallEvent::Transcription(report) => {
+                let Some(call) = self
+                    .find(Some(&report.conversation_id), report.call_sid.as_ref())
+                    .await?
+                else {
                     return Ok(PostCallOutcome::UnknownCall);
                 };
-                let start = start_unix_secs
-                    .and_then(|s| OffsetDateTime::from_unix_timestamp(s).ok())
-                    .unwrap_or(call.call_start_time);
-                let outcome = if call.status == CallStatus::Completed {
-                    PostCallOutcome::Unchanged(call.call_sid.clone())
-                } else {
-                    let end = duration_secs
-                        .filter(|d| *d >= 0)
-                        .and_then(|d| start.checked_add(Duration::seconds(d)))
-                        .unwrap_or_else(OffsetDateTime::now_utc);
-                    // A Call we marked failed (say, our request timed out) that did take
-                    // place becomes completed: the provider's word is final.
-                    self.repository
-                        .set_status(&call.call_sid, CallStatus::Completed, Some(end), None)
-                        .await?;
-                    PostCallOutcome::Completed(call.call_sid.clone())
-                };
-                self.recover_transcript(&call.call_sid, start, transcript)
-                    .await?;
-                Ok(outcome)
+                self.complete(&call, report).await
             }
             PostCallEvent::InitiationFailure {
                 conversation_id,
                 call_sid,
-                reason,
+                failure_reason,
             } => {
                 let Some(call) = self
                     .find(conversation_id.as_ref(), call_sid.as_ref())
@@ -180,18 +216,8 @@ impl ApplyPostCall {
                 else {
                     return Ok(PostCallOutcome::UnknownCall);
                 };
-                if call.status.is_terminal() {
-                    return Ok(PostCallOutcome::Unchanged(call.call_sid));
-                }
-                self.repository
-                    .set_status(
-                        &call.call_sid,
-                        CallStatus::Failed,
-                        Some(OffsetDateTime::now_utc()),
-                        Some(format!("call initiation failure: {reason}")),
-                    )
-                    .await?;
-                Ok(PostCallOutcome::Failed(call.call_sid))
+                self.fail(&call, conversation_id.clone(), failure_reason.clone())
+                    .await
             }
         }
     }
@@ -200,6 +226,7 @@ impl ApplyPostCall {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::models::{CallOutcome, EventTurn, SpeakerType};
     use crate::ports::MockCallRepository;
     use time::macros::datetime;
 
@@ -214,52 +241,90 @@ mod tests {
             call_end_time: None,
             status,
             failure_reason: None,
+            outcome: None,
             created_at: t,
             updated_at: t,
         }
     }
 
-    fn transcription(call_sid: Option<&str>) -> PostCallEvent {
-        PostCallEvent::Transcription {
-            conversation_id: ConversationId::parse("conv_1").expect("conv"),
+    fn finished(status: CallStatus, status_changed: bool, inserted: usize) -> Finished {
+        Finished {
+            call: call(status, Some("conv_1")),
+            status_changed,
+            turns_inserted: inserted,
+            turns_renumbered: 0,
+        }
+    }
+
+    fn report(call_sid: Option<&str>) -> ConversationReport {
+        ConversationReport {
             call_sid: call_sid.map(|s| CallSid::parse(s).expect("sid")),
-            start_unix_secs: Some(1_732_183_200),
+            start_time: Some(datetime!(2024-11-21 10:00:00 UTC)),
             duration_secs: Some(95),
-            transcript: Vec::new(),
+            transcript: vec![EventTurn {
+                speaker: SpeakerType::Agent,
+                message: "Hi".into(),
+                time_in_call_secs: 0,
+            }],
+            outcome: CallOutcome {
+                call_successful: Some("success".into()),
+                ..CallOutcome::default()
+            },
+            ..ConversationReport::bare(ConversationId::parse("conv_1").expect("conv"))
         }
     }
 
     #[tokio::test]
-    async fn a_transcription_event_completes_the_call_with_start_plus_duration() {
+    async fn a_transcription_event_completes_the_call_with_outcome_and_transcript() {
         let mut repo = MockCallRepository::new();
         repo.expect_get_by_conversation_id()
             .returning(|_| Ok(Some(call(CallStatus::InProgress, Some("conv_1")))));
-        repo.expect_set_status()
-            .withf(|_, s, end, reason| {
-                *s == CallStatus::Completed
-                    && *end == Some(datetime!(2024-11-21 10:01:35 UTC))
-                    && reason.is_none()
+        repo.expect_finish_call()
+            .withf(|sid, f| {
+                let Ending::Completed {
+                    end,
+                    outcome,
+                    start,
+                    transcript,
+                } = &f.ending
+                else {
+                    return false;
+                };
+                sid.as_str() == "EL_1_x"
+                    && *end == datetime!(2024-11-21 10:01:35 UTC)
+                    && *start == datetime!(2024-11-21 10:00:00 UTC)
+                    && outcome.call_successful.as_deref() == Some("success")
+                    && transcript.len() == 1
+                    && f.conversation_id.as_ref().map(ConversationId::as_str) == Some("conv_1")
             })
             .times(1)
-            .returning(|_, _, _, _| Ok(call(CallStatus::Completed, Some("conv_1"))));
+            .returning(|_, _| Ok(finished(CallStatus::Completed, true, 1)));
 
         let outcome = ApplyPostCall::new(Arc::new(repo))
-            .execute(&transcription(None))
+            .execute(&PostCallEvent::Transcription(report(None)))
             .await
             .expect("ok");
 
-        assert!(matches!(outcome, PostCallOutcome::Completed(_)));
+        assert_eq!(
+            outcome,
+            PostCallOutcome::Completed {
+                call_sid: CallSid::parse("EL_1_x").expect("sid"),
+                turns_inserted: 1
+            }
+        );
     }
 
     #[tokio::test]
-    async fn a_repeated_event_changes_nothing() {
+    async fn a_repeated_event_is_reported_unchanged() {
         let mut repo = MockCallRepository::new();
         repo.expect_get_by_conversation_id()
             .returning(|_| Ok(Some(call(CallStatus::Completed, Some("conv_1")))));
-        repo.expect_set_status().times(0);
+        repo.expect_finish_call()
+            .times(1)
+            .returning(|_, _| Ok(finished(CallStatus::Completed, false, 0)));
 
         let outcome = ApplyPostCall::new(Arc::new(repo))
-            .execute(&transcription(None))
+            .execute(&PostCallEvent::Transcription(report(None)))
             .await
             .expect("ok");
 
@@ -267,94 +332,74 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_call_without_conversation_id_is_found_by_call_sid_and_linked() {
+    async fn a_call_without_conversation_id_is_found_by_call_sid_and_linked_in_the_finish() {
         let mut repo = MockCallRepository::new();
         repo.expect_get_by_conversation_id().returning(|_| Ok(None));
         repo.expect_get_by_call_sid()
             .returning(|_| Ok(Some(call(CallStatus::Failed, None))));
-        repo.expect_set_conversation_id()
-            .withf(|sid, conv| sid.as_str() == "EL_1_x" && conv.as_str() == "conv_1")
+        repo.expect_finish_call()
+            .withf(|sid, f| {
+                sid.as_str() == "EL_1_x"
+                    && f.conversation_id.as_ref().map(ConversationId::as_str) == Some("conv_1")
+            })
             .times(1)
-            .returning(|_, _| Ok(call(CallStatus::Failed, Some("conv_1"))));
-        repo.expect_set_status()
-            .withf(|_, s, _, _| *s == CallStatus::Completed)
-            .times(1)
-            .returning(|_, _, _, _| Ok(call(CallStatus::Completed, Some("conv_1"))));
+            .returning(|_, _| Ok(finished(CallStatus::Completed, true, 0)));
 
         let outcome = ApplyPostCall::new(Arc::new(repo))
-            .execute(&transcription(Some("EL_1_x")))
+            .execute(&PostCallEvent::Transcription(report(Some("EL_1_x"))))
             .await
             .expect("ok");
 
-        assert!(matches!(outcome, PostCallOutcome::Completed(_)));
+        assert!(matches!(outcome, PostCallOutcome::Completed { .. }));
     }
 
     #[tokio::test]
-    async fn the_event_transcript_is_stored_when_no_turn_reached_us() {
-        let mut event = transcription(None);
-        if let PostCallEvent::Transcription { transcript, .. } = &mut event {
-            *transcript = vec![
-                EventTurn {
-                    speaker: SpeakerType::Agent,
-                    message: "Hi".into(),
-                    time_in_call_secs: 0,
-                },
-                EventTurn {
-                    speaker: SpeakerType::Driver,
-                    message: " ".into(),
-                    time_in_call_secs: 2,
-                },
-                EventTurn {
-                    speaker: SpeakerType::Driver,
-                    message: "Hello".into(),
-                    time_in_call_secs: 3,
-                },
-            ];
-        }
+    async fn a_call_sid_whose_call_has_another_conversation_is_not_ours() {
         let mut repo = MockCallRepository::new();
-        repo.expect_get_by_conversation_id()
-            .returning(|_| Ok(Some(call(CallStatus::InProgress, Some("conv_1")))));
-        repo.expect_set_status()
-            .returning(|_, _, _, _| Ok(call(CallStatus::Completed, Some("conv_1"))));
-        repo.expect_list_turns()
-            .times(1)
-            .returning(|_| Ok(Vec::new()));
-        let mut seq = mockall::Sequence::new();
-        repo.expect_append_turn()
-            .withf(|t| t.message == "Hi" && t.timestamp == datetime!(2024-11-21 10:00:00 UTC))
-            .times(1)
-            .in_sequence(&mut seq)
-            .returning(|_| {
-                Ok(crate::ports::AppendOutcome::Created(
-                    crate::ports::StoredTurn {
-                        transcription_id: 1,
-                        sequence_number: 1,
-                    },
-                ))
-            });
-        repo.expect_append_turn()
-            .withf(|t| {
-                t.message == "Hello"
-                    && t.speaker == SpeakerType::Driver
-                    && t.timestamp == datetime!(2024-11-21 10:00:03 UTC)
-            })
-            .times(1)
-            .in_sequence(&mut seq)
-            .returning(|_| {
-                Ok(crate::ports::AppendOutcome::Created(
-                    crate::ports::StoredTurn {
-                        transcription_id: 2,
-                        sequence_number: 2,
-                    },
-                ))
-            });
+        repo.expect_get_by_conversation_id().returning(|_| Ok(None));
+        repo.expect_get_by_call_sid()
+            .returning(|_| Ok(Some(call(CallStatus::InProgress, Some("conv_other")))));
+        repo.expect_finish_call().times(0);
 
         let outcome = ApplyPostCall::new(Arc::new(repo))
-            .execute(&event)
+            .execute(&PostCallEvent::Transcription(report(Some("EL_1_x"))))
             .await
             .expect("ok");
 
-        assert!(matches!(outcome, PostCallOutcome::Completed(_)));
+        assert_eq!(outcome, PostCallOutcome::UnknownCall);
+    }
+
+    #[tokio::test]
+    async fn a_conflict_while_linking_is_an_unknown_call_not_an_error() {
+        let mut repo = MockCallRepository::new();
+        repo.expect_get_by_conversation_id().returning(|_| Ok(None));
+        repo.expect_get_by_call_sid()
+            .returning(|_| Ok(Some(call(CallStatus::InProgress, None))));
+        repo.expect_finish_call()
+            .returning(|_, _| Err(RepositoryError::Conflict("taken".into())));
+
+        let outcome = ApplyPostCall::new(Arc::new(repo))
+            .execute(&PostCallEvent::Transcription(report(Some("EL_1_x"))))
+            .await
+            .expect("ok");
+
+        assert_eq!(outcome, PostCallOutcome::UnknownCall);
+    }
+
+    #[tokio::test]
+    async fn a_database_outage_is_reported_as_unavailable() {
+        let mut repo = MockCallRepository::new();
+        repo.expect_get_by_conversation_id()
+            .returning(|_| Ok(Some(call(CallStatus::InProgress, Some("conv_1")))));
+        repo.expect_finish_call()
+            .returning(|_, _| Err(RepositoryError::Unavailable("down".into())));
+
+        let err = ApplyPostCall::new(Arc::new(repo))
+            .execute(&PostCallEvent::Transcription(report(None)))
+            .await
+            .expect_err("fails");
+
+        assert!(matches!(err, PostCallError::Unavailable(_)));
     }
 
     #[tokio::test]
@@ -364,7 +409,7 @@ mod tests {
         repo.expect_get_by_call_sid().returning(|_| Ok(None));
 
         let outcome = ApplyPostCall::new(Arc::new(repo))
-            .execute(&transcription(Some("EL_9_none")))
+            .execute(&PostCallEvent::Transcription(report(Some("EL_9_none"))))
             .await
             .expect("ok");
 
@@ -372,31 +417,37 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_initiation_failure_fails_an_in_progress_call_but_not_a_completed_one() {
+    async fn an_initiation_failure_fails_an_in_progress_call_with_its_reason() {
         let event = PostCallEvent::InitiationFailure {
             conversation_id: Some(ConversationId::parse("conv_1").expect("conv")),
             call_sid: None,
-            reason: "busy".into(),
+            failure_reason: "busy".into(),
         };
         let mut repo = MockCallRepository::new();
         repo.expect_get_by_conversation_id()
             .returning(|_| Ok(Some(call(CallStatus::InProgress, Some("conv_1")))));
-        repo.expect_set_status()
-            .withf(|_, s, _, r| {
-                *s == CallStatus::Failed && r.as_deref() == Some("call initiation failure: busy")
-            })
+        repo.expect_finish_call()
+            .withf(|_, f| matches!(&f.ending, Ending::Failed { reason, .. } if reason == "busy"))
             .times(1)
-            .returning(|_, _, _, _| Ok(call(CallStatus::Failed, Some("conv_1"))));
+            .returning(|_, _| Ok(finished(CallStatus::Failed, true, 0)));
         let outcome = ApplyPostCall::new(Arc::new(repo))
             .execute(&event)
             .await
             .expect("ok");
         assert!(matches!(outcome, PostCallOutcome::Failed(_)));
+    }
 
+    #[tokio::test]
+    async fn an_initiation_failure_leaves_a_completed_call_alone() {
+        let event = PostCallEvent::InitiationFailure {
+            conversation_id: Some(ConversationId::parse("conv_1").expect("conv")),
+            call_sid: None,
+            failure_reason: "busy".into(),
+        };
         let mut repo = MockCallRepository::new();
         repo.expect_get_by_conversation_id()
             .returning(|_| Ok(Some(call(CallStatus::Completed, Some("conv_1")))));
-        repo.expect_set_status().times(0);
+        repo.expect_finish_call().times(0);
         let outcome = ApplyPostCall::new(Arc::new(repo))
             .execute(&event)
             .await

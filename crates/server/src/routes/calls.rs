@@ -1,7 +1,7 @@
 //! Reading Calls and their transcripts (bearer `API_TOKEN`).
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use calls_domain::{Call, CallSid, CallTranscription};
+use calls_domain::{Call, CallOutcome, CallSid, CallTranscription};
 use serde::Serialize;
 use time::OffsetDateTime;
 
@@ -13,6 +13,7 @@ use time::serde::rfc3339 as rfc3339_utc;
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CallView {
+    pub id: i64,
     pub call_sid: String,
     pub conversation_id: Option<String>,
     pub driver_id: Option<i64>,
@@ -26,11 +27,39 @@ pub struct CallView {
     pub created_at: OffsetDateTime,
     #[serde(with = "rfc3339_utc")]
     pub updated_at: OffsetDateTime,
+    /// ElevenLabs' post-call analysis; null until a post-call event brought one.
+    pub outcome: Option<OutcomeView>,
+}
+
+/// The outcome of a call, from ElevenLabs' post-call analysis. Every field may be null.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct OutcomeView {
+    /// `success`, `failure` or `unknown`.
+    pub call_successful: Option<String>,
+    pub summary: Option<String>,
+    /// Each data-collection item configured on the agent: name → value.
+    #[schema(value_type = Object)]
+    pub data_collection: serde_json::Map<String, serde_json::Value>,
+    pub termination_reason: Option<String>,
+    pub duration_secs: Option<i64>,
+}
+
+impl From<CallOutcome> for OutcomeView {
+    fn from(o: CallOutcome) -> Self {
+        Self {
+            call_successful: o.call_successful,
+            summary: o.summary,
+            data_collection: o.data_collection.into_iter().collect(),
+            termination_reason: o.termination_reason,
+            duration_secs: o.duration_secs,
+        }
+    }
 }
 
 impl From<Call> for CallView {
     fn from(call: Call) -> Self {
         Self {
+            id: call.id,
             call_sid: call.call_sid.to_string(),
             conversation_id: call.conversation_id.map(|c| c.to_string()),
             driver_id: call.driver_id,
@@ -40,6 +69,7 @@ impl From<Call> for CallView {
             failure_reason: call.failure_reason,
             created_at: call.created_at,
             updated_at: call.updated_at,
+            outcome: call.outcome.map(OutcomeView::from),
         }
     }
 }

@@ -3,65 +3,18 @@
 //! failing, so events we cannot use are acknowledged with 200 and a log line.
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use calls_domain::SpeakerType;
-use calls_domain::service::{EventTurn, PostCallError, PostCallEvent, PostCallOutcome};
-use calls_domain::{CallSid, ConversationId};
-use serde_json::{Map, Value, json};
+use calls_domain::service::{PostCallError, PostCallOutcome};
+use calls_elevenlabs::{PostCallWebhook, parse_post_call};
+use serde_json::json;
 use time::OffsetDateTime;
 
 use crate::auth::{WebhookAuth, verify_webhook};
 use crate::errors::ApiError;
-use crate::routes::{parse_json_object, read_body, require_json};
+use crate::routes::{read_body, require_json};
 use crate::startup::AppState;
 
 fn ok(message: String) -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "success", "message": message}))
-}
-
-fn call_sid_of(data: &Map<String, Value>) -> Option<CallSid> {
-    data.get("conversation_initiation_client_data")?
-        .get("dynamic_variables")?
-        .get("call_sid")?
-        .as_str()
-        .and_then(|s| CallSid::parse(s).ok())
-}
-
-fn conversation_of(data: &Map<String, Value>) -> Option<ConversationId> {
-    data.get("conversation_id")?
-        .as_str()
-        .and_then(|s| ConversationId::parse(s).ok())
-}
-
-/// `data.transcript[]`: `{role: user|agent, message: string|null, time_in_call_secs}`;
-/// turns without text (tool calls) or with another role are skipped.
-fn transcript_of(data: &Map<String, Value>) -> Vec<EventTurn> {
-    let Some(turns) = data.get("transcript").and_then(Value::as_array) else {
-        return Vec::new();
-    };
-    turns
-        .iter()
-        .filter_map(|t| {
-            let speaker = match t.get("role")?.as_str()? {
-                "agent" => SpeakerType::Agent,
-                "user" => SpeakerType::Driver,
-                _ => return None,
-            };
-            let message = t.get("message")?.as_str()?.to_owned();
-            Some(EventTurn {
-                speaker,
-                message,
-                time_in_call_secs: int(t.get("time_in_call_secs")).unwrap_or(0),
-            })
-        })
-        .collect()
-}
-
-fn int(value: Option<&Value>) -> Option<i64> {
-    match value? {
-        Value::Number(n) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)),
-        Value::String(s) => s.parse().ok(),
-        _ => None,
-    }
 }
 
 /// ElevenLabs' post-call webhook: `post_call_transcription` completes the Call (end time =
@@ -96,61 +49,20 @@ pub async fn receive(
         OffsetDateTime::now_utc().unix_timestamp(),
     )?;
     require_json(&req)?;
-    let object = parse_json_object(&body)?;
-    let kind = object
-        .get("type")
-        .and_then(Value::as_str)
-        .ok_or_else(|| ApiError::bad_request("Invalid post-call event", "'type' is required"))?;
-    let data = object
-        .get("data")
-        .and_then(Value::as_object)
-        .ok_or_else(|| {
-            ApiError::bad_request("Invalid post-call event", "'data' must be an object")
-        })?;
-
-    let event = match kind {
-        "post_call_transcription" => {
-            let conversation_id = conversation_of(data).ok_or_else(|| {
-                ApiError::bad_request(
-                    "Invalid post-call event",
-                    "'data.conversation_id' is required",
-                )
-            })?;
-            let metadata = data.get("metadata");
-            PostCallEvent::Transcription {
-                conversation_id,
-                call_sid: call_sid_of(data),
-                start_unix_secs: int(metadata.and_then(|m| m.get("start_time_unix_secs"))),
-                duration_secs: int(metadata.and_then(|m| m.get("call_duration_secs"))),
-                transcript: transcript_of(data),
-            }
+    let event = match parse_post_call(&body) {
+        Ok(PostCallWebhook::Event(event)) => event,
+        Ok(PostCallWebhook::Ignored { event_type }) => {
+            tracing::info!(%event_type, "post-call event acknowledged and ignored");
+            return Ok(ok(format!("Event type {event_type} acknowledged")));
         }
-        "call_initiation_failure" => PostCallEvent::InitiationFailure {
-            conversation_id: conversation_of(data),
-            call_sid: call_sid_of(data),
-            reason: data
-                .get("failure_reason")
-                .and_then(Value::as_str)
-                .unwrap_or("unknown")
-                .to_owned(),
-        },
-        other => {
-            tracing::info!(
-                event_type = other,
-                "post-call event acknowledged and ignored"
-            );
-            return Ok(ok(format!("Event type {other} acknowledged")));
+        Err(e) => {
+            return Err(ApiError::bad_request(
+                "Invalid post-call event",
+                e.to_string(),
+            ));
         }
     };
-    if let PostCallEvent::Transcription {
-        call_sid: Some(sid),
-        ..
-    }
-    | PostCallEvent::InitiationFailure {
-        call_sid: Some(sid),
-        ..
-    } = &event
-    {
+    if let Some(sid) = event.call_sid() {
         tracing::Span::current().record("call_sid", sid.as_str());
     }
     let outcome = state
@@ -162,11 +74,22 @@ pub async fn receive(
             PostCallError::Unexpected(_) => ApiError::internal(&e),
         })?;
     Ok(match outcome {
-        PostCallOutcome::Completed(sid) => ok(format!("Call {sid} completed")),
+        PostCallOutcome::Completed {
+            call_sid,
+            turns_inserted,
+        } => ok(format!(
+            "Call {call_sid} completed; {turns_inserted} missing turns restored"
+        )),
+        PostCallOutcome::Updated {
+            call_sid,
+            turns_inserted,
+        } => ok(format!(
+            "Call {call_sid} already completed; transcript updated ({turns_inserted} turns restored)"
+        )),
         PostCallOutcome::Failed(sid) => ok(format!("Call {sid} marked failed")),
         PostCallOutcome::Unchanged(sid) => ok(format!("Call {sid} already final; nothing changed")),
         PostCallOutcome::UnknownCall => {
-            tracing::warn!(event_type = kind, "post-call event for an unknown call");
+            tracing::warn!("post-call event for an unknown call");
             ok("No matching call; event acknowledged".to_owned())
         }
     })
