@@ -178,6 +178,10 @@ pub fn build_pool(config: &DbConfig) -> Result<DbPool, StoreError> {
     let setup_sql = session_setup_sql(&config.schema);
     let connect_timeout = config.connect_timeout;
     let mut manager_config = ManagerConfig::<AsyncPgConnection>::default();
+    // No `SELECT 1` per checkout (a round trip per turn): a connection the server closed is
+    // dropped as broken when recycled, and any other dead one fails its first query with a
+    // transient error, which the repository retries on a fresh connection.
+    manager_config.recycling_method = diesel_async::pooled_connection::RecyclingMethod::Fast;
     manager_config.custom_setup = Box::new(move |url| {
         let setup_sql = setup_sql.clone();
         async move { establish(url, &setup_sql, connect_timeout).await }.boxed()

@@ -5,7 +5,7 @@ use calls_domain::{
     ConversationId, Ending, EventTurn, Finished, NewCall, NewTurn, RepositoryError, StoredTurn,
 };
 use diesel::prelude::*;
-use diesel::sql_types::{Array, BigInt, Bool, Integer, Text, Timestamptz};
+use diesel::sql_types::{Array, BigInt, Integer, Text, Timestamptz};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use time::OffsetDateTime;
 
@@ -270,13 +270,23 @@ impl CallRepository for PgCallRepository {
 
     #[tracing::instrument(skip_all, fields(call_sid = %turn.call_sid))]
     async fn append_turn(&self, turn: &NewTurn) -> Result<AppendOutcome, RepositoryError> {
-        // The whole append is one transaction: on any failure it is rolled back, and a
-        // replay of a committed append is caught by the duplicate check. So it is retryable.
+        // One call of `calls_append_turn` (migrations/0010) in autocommit: lock the Call's
+        // row, check for the same turn, insert the next number, commit — one round trip, a
+        // cached prepared statement. Atomic, and a replay of a committed append is caught by
+        // the duplicate check, so it is retryable.
+        let timestamp = micros(turn.timestamp);
         self.retry
             .run("append_turn", |_| async move {
                 let mut conn = self.conn().await?;
-                conn.transaction(async |conn| append_in_transaction(conn, turn).await)
-                    .await
+                let result: Vec<i64> = diesel::select(calls_append_turn(
+                    turn.call_sid.as_str(),
+                    turn.speaker.as_str(),
+                    timestamp,
+                    &turn.message,
+                ))
+                .get_result(&mut conn)
+                .await?;
+                append_outcome(&result)
             })
             .await
     }
@@ -491,80 +501,33 @@ async fn reconcile_transcript(
     Ok((numbers.len(), ids.len()))
 }
 
-async fn append_in_transaction(
-    conn: &mut AsyncPgConnection,
-    turn: &NewTurn,
-) -> Result<AppendOutcome, DbError> {
-    // Lock the Call's row: appends for one call are serialized here, across connections,
-    // processes and server instances; appends for other calls do not wait.
-    let call: Option<(Option<String>, String)> = calls::table
-        .filter(calls::call_sid.eq(turn.call_sid.as_str()))
-        .select((calls::conversation_id, calls::status))
-        .for_no_key_update()
-        .first(conn)
-        .await
-        .optional()?;
-    let Some((conversation_id, status)) = call else {
-        return Err(RepositoryError::NotFound.into());
-    };
-    let status: CallStatus = status
-        .parse()
-        .map_err(|e| RepositoryError::Unexpected(Box::new(e)))?;
-    // A failed Call takes no turns, even when it got a conversation_id (SPEC).
-    let conversation_id = match conversation_id {
-        Some(c) if status != CallStatus::Failed => c,
-        _ => return Err(RepositoryError::Incomplete { status }.into()),
-    };
-    // One statement, so the lock is held for one round trip plus the commit: the same
-    // turn stored before wins (its ids come back); otherwise the next number is inserted.
-    // Once the Call is completed its transcript was reconciled with the provider's, whose
-    // timestamps are its own: a late delivery of a turn already there (same speaker and
-    // text) is a duplicate whatever its timestamp.
-    // It runs after the lock statement, so its snapshot sees every append committed before.
-    let row: AppendRow = diesel::sql_query(APPEND_SQL)
-        .bind::<Text, _>(&conversation_id)
-        .bind::<Text, _>(turn.speaker.as_str())
-        .bind::<Timestamptz, _>(micros(turn.timestamp))
-        .bind::<Text, _>(&turn.message)
-        .bind::<Bool, _>(status == CallStatus::Completed)
-        .get_result(conn)
-        .await?;
-    let stored = StoredTurn {
-        transcription_id: row.id,
-        sequence_number: row.sequence_number,
-    };
-    Ok(if row.duplicate {
-        AppendOutcome::Duplicate(stored)
-    } else {
-        AppendOutcome::Created(stored)
-    })
+diesel::define_sql_function! {
+    /// The append of one turn (migrations/0010_append_turn_function).
+    fn calls_append_turn(call_sid: Text, speaker: Text, timestamp: Timestamptz, message: Text) -> Array<BigInt>;
 }
 
-const APPEND_SQL: &str = "
-WITH dup AS (
-    SELECT id, sequence_number FROM call_transcriptions
-    WHERE conversation_id = $1 AND speaker_type = $2 AND message_text = $4
-      AND (timestamp = $3 OR $5)
-    LIMIT 1
-), ins AS (
-    INSERT INTO call_transcriptions
-        (conversation_id, speaker_type, message_text, timestamp, sequence_number, created_at)
-    SELECT $1, $2, $4, $3,
-           COALESCE((SELECT max(sequence_number) FROM call_transcriptions WHERE conversation_id = $1), 0) + 1,
-           now()
-    WHERE NOT EXISTS (SELECT 1 FROM dup)
-    RETURNING id, sequence_number
-)
-SELECT id, sequence_number, false AS duplicate FROM ins
-UNION ALL
-SELECT id, sequence_number, true AS duplicate FROM dup";
-
-#[derive(QueryableByName)]
-struct AppendRow {
-    #[diesel(sql_type = BigInt)]
-    id: i64,
-    #[diesel(sql_type = Integer)]
-    sequence_number: i32,
-    #[diesel(sql_type = Bool)]
-    duplicate: bool,
+/// Reads `calls_append_turn`'s `[code, id, sequence_number]`.
+fn append_outcome(result: &[i64]) -> Result<AppendOutcome, DbError> {
+    let unexpected = || -> DbError {
+        RepositoryError::Unexpected(format!("calls_append_turn returned {result:?}").into()).into()
+    };
+    let &[code, id, seq] = result else {
+        return Err(unexpected());
+    };
+    let stored = || -> Result<StoredTurn, DbError> {
+        Ok(StoredTurn {
+            transcription_id: id,
+            sequence_number: i32::try_from(seq).map_err(|_| unexpected())?,
+        })
+    };
+    let incomplete = |status| -> DbError { RepositoryError::Incomplete { status }.into() };
+    match code {
+        0 => Ok(AppendOutcome::Created(stored()?)),
+        1 => Ok(AppendOutcome::Duplicate(stored()?)),
+        2 => Err(RepositoryError::NotFound.into()),
+        3 => Err(incomplete(CallStatus::InProgress)),
+        4 => Err(incomplete(CallStatus::Completed)),
+        5 => Err(incomplete(CallStatus::Failed)),
+        _ => Err(unexpected()),
+    }
 }

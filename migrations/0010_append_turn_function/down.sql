@@ -1,0 +1,1 @@
+DROP FUNCTION calls_append_turn(text, text, timestamptz, text);
