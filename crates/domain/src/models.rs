@@ -3,6 +3,7 @@
 
 mod batch;
 mod call;
+mod call_listing;
 mod call_sid;
 mod conversation_id;
 mod phone_number;
@@ -12,6 +13,9 @@ pub use batch::{
     BatchCall, DriverCall, InvalidBatch, RawBatch, RawDriver, RawViolation, Violation,
 };
 pub use call::{Call, CallStatus, NewCall, UnknownCallStatus};
+pub use call_listing::{
+    CallFilter, CallListQuery, CallPage, CallPosition, EmptyTimeRange, InvalidPageLimit, PageLimit,
+};
 pub use call_sid::{CallSid, CallSidError};
 pub use conversation_id::{ConversationId, ConversationIdError};
 pub use phone_number::{InvalidPhoneNumber, PhoneNumber, mask};

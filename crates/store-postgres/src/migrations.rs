@@ -299,6 +299,7 @@ mod tests {
                 "0005_conversation_id_nullable",
                 "0006_final_column_types",
                 "0007_transcript_ordering_and_indexes",
+                "0009_calls_listing_indexes",
             ]
         );
     }
