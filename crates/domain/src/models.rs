@@ -3,6 +3,7 @@
 
 mod batch;
 mod call;
+mod call_listing;
 mod call_sid;
 mod conversation;
 mod conversation_id;
@@ -14,6 +15,9 @@ pub use batch::{
     BatchCall, DriverCall, InvalidBatch, RawBatch, RawDriver, RawViolation, Violation,
 };
 pub use call::{Call, CallStatus, NewCall, UnknownCallStatus};
+pub use call_listing::{
+    CallFilter, CallListQuery, CallPage, CallPosition, EmptyTimeRange, InvalidPageLimit, PageLimit,
+};
 pub use call_sid::{CallSid, CallSidError};
 pub use conversation::{ConversationReport, EventTurn};
 pub use conversation_id::{ConversationId, ConversationIdError};

@@ -5,8 +5,8 @@
 use time::OffsetDateTime;
 
 use crate::models::{
-    Call, CallOutcome, CallSid, CallStatus, CallTranscription, ConversationId, EventTurn, NewCall,
-    NewTurn,
+    Call, CallListQuery, CallOutcome, CallPage, CallSid, CallStatus, CallTranscription,
+    ConversationId, EventTurn, NewCall, NewTurn,
 };
 
 pub mod telephony;
@@ -189,4 +189,13 @@ pub trait CallRepository: Send + Sync + 'static {
 
     /// Checks that the database answers (readiness).
     async fn ping(&self) -> Result<(), RepositoryError>;
+
+    /// One page of Calls matching `query.filter`, newest first (`call_start_time` DESC,
+    /// then `id` DESC), starting strictly after `query.after`.
+    ///
+    /// MUST cut pages by position (keyset), never by offset: walking the pages with each
+    /// page's `next` visits every Call that existed when the walk started exactly once,
+    /// whatever is inserted meanwhile. `next` MUST be `None` on the last page (no link to
+    /// an empty page).
+    async fn list_calls(&self, query: &CallListQuery) -> Result<CallPage, RepositoryError>;
 }

@@ -284,7 +284,6 @@ async fn an_undecodable_success_body_is_unexpected() {
 #[tokio::test]
 async fn a_slow_answer_times_out_after_the_configured_timeout_without_retry() {
     let timeout = Duration::from_millis(200);
-    let started = std::time::Instant::now();
     let err = place_with_timeout(
         json_response(
             200,
@@ -295,8 +294,9 @@ async fn a_slow_answer_times_out_after_the_configured_timeout_without_retry() {
     )
     .await
     .expect_err("timed out");
+    // The answer would have been a success: a Timeout error proves we gave up first (no
+    // wall-clock assertion, which a loaded machine can break).
     assert_eq!(err, TelephonyError::Timeout(timeout));
-    assert!(started.elapsed() < Duration::from_secs(3));
 }
 
 #[tokio::test]

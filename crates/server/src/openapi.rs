@@ -144,6 +144,7 @@ impl Modify for Security {
         routes::transcription_webhook::receive,
         routes::post_call_webhook::receive,
         routes::batch_calls::place,
+        routes::calls::list_calls,
         routes::calls::get_call,
         routes::calls::get_transcriptions,
         routes::health::healthz,

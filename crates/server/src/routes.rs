@@ -40,6 +40,11 @@ pub fn routes() -> Vec<RouteSpec> {
         },
         RouteSpec {
             method: "GET",
+            path: "/calls",
+            make: || web::get().to(calls::list_calls),
+        },
+        RouteSpec {
+            method: "GET",
             path: "/calls/{call_sid}",
             make: || web::get().to(calls::get_call),
         },

@@ -8,6 +8,7 @@
 
 mod backfill;
 mod errors;
+mod listing;
 mod migrations;
 mod models;
 mod pool;

@@ -300,6 +300,7 @@ mod tests {
                 "0006_final_column_types",
                 "0007_transcript_ordering_and_indexes",
                 "0008_call_outcome",
+                "0009_calls_listing_indexes",
                 "0010_append_turn_function",
             ]
         );

@@ -1,4 +1,5 @@
 use async_trait::async_trait;
+use calls_domain::models::{CallListQuery, CallPage};
 use calls_domain::service::transcript_merge;
 use calls_domain::{
     AppendOutcome, Call, CallFinish, CallRepository, CallSid, CallStatus, CallTranscription,
@@ -316,6 +317,17 @@ impl CallRepository for PgCallRepository {
             Ok::<_, DbError>(())
         };
         attempt.await.map_err(DbError::into_repository_error)
+    }
+
+    // GET /calls (the query is in listing.rs). A read, so always safe to retry.
+    #[tracing::instrument(skip_all, fields(limit = query.limit.get()))]
+    async fn list_calls(&self, query: &CallListQuery) -> Result<CallPage, RepositoryError> {
+        self.retry
+            .run("list_calls", |_| async move {
+                let mut conn = self.conn().await?;
+                crate::listing::list_calls(&mut conn, query).await
+            })
+            .await
     }
 }
 

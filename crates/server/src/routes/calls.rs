@@ -189,3 +189,48 @@ pub async fn get_transcriptions(
         transcriptions: turns.into_iter().map(TurnView::from).collect(),
     }))
 }
+
+// ---- GET /calls: the listing (parameters and cursor in calls/listing.rs) ----
+
+mod listing;
+
+pub use listing::ListCallsParams;
+
+/// One page of Calls, newest first.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CallListView {
+    /// Each Call exactly as `GET /calls/{call_sid}` returns it.
+    pub calls: Vec<CallView>,
+    /// Send it back as `cursor` for the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Calls newest first (`call_start_time`, then `id`, both descending), one page at a time.
+/// Filters combine with AND; pages are cut by position (keyset), so Calls written while a
+/// client walks the pages neither repeat nor shift them.
+#[utoipa::path(
+    get,
+    path = "/calls",
+    tag = "calls",
+    params(ListCallsParams),
+    responses(
+        (status = 200, description = "One page of Calls", body = CallListView),
+        (status = 400, description = "An invalid or unknown query parameter, or a cursor that is not one of ours", body = crate::openapi::ErrorBody),
+        (status = 401, description = "Missing or invalid API token", body = crate::openapi::ErrorBody),
+        (status = 500, description = "Database unavailable", body = crate::openapi::ErrorBody),
+    ),
+    security(("api_token" = []))
+)]
+pub async fn list_calls(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    require_api_token(&req, state.settings.api_token.as_ref())?;
+    let query = listing::parse(req.query_string())?;
+    let page = state.repository.list_calls(&query).await?;
+    let next_cursor = page.next.map(|next| listing::cursor_after(&query, next));
+    Ok(HttpResponse::Ok().json(CallListView {
+        calls: page.calls.into_iter().map(CallView::from).collect(),
+        next_cursor,
+    }))
+}

@@ -5,6 +5,7 @@ mod batch_calls;
 mod calls;
 mod health;
 mod helpers;
+mod listing;
 mod openapi;
 mod outage;
 mod post_call;
