@@ -274,6 +274,22 @@ mod tests {
         }
     }
 
+    async fn apply(
+        repo: MockCallRepository,
+        event: PostCallEvent,
+    ) -> Result<PostCallOutcome, PostCallError> {
+        ApplyPostCall::new(Arc::new(repo)).execute(&event).await
+    }
+
+    /// A repository that finds no Call by conversation_id and `by_sid` by call_sid.
+    fn found_by_call_sid(by_sid: Call) -> MockCallRepository {
+        let mut repo = MockCallRepository::new();
+        repo.expect_get_by_conversation_id().returning(|_| Ok(None));
+        repo.expect_get_by_call_sid()
+            .returning(move |_| Ok(Some(by_sid.clone())));
+        repo
+    }
+
     #[tokio::test]
     async fn a_transcription_event_completes_the_call_with_outcome_and_transcript() {
         let mut repo = MockCallRepository::new();
@@ -300,8 +316,7 @@ mod tests {
             .times(1)
             .returning(|_, _| Ok(finished(CallStatus::Completed, true, 1)));
 
-        let outcome = ApplyPostCall::new(Arc::new(repo))
-            .execute(&PostCallEvent::Transcription(report(None)))
+        let outcome = apply(repo, PostCallEvent::Transcription(report(None)))
             .await
             .expect("ok");
 
@@ -323,8 +338,7 @@ mod tests {
             .times(1)
             .returning(|_, _| Ok(finished(CallStatus::Completed, false, 0)));
 
-        let outcome = ApplyPostCall::new(Arc::new(repo))
-            .execute(&PostCallEvent::Transcription(report(None)))
+        let outcome = apply(repo, PostCallEvent::Transcription(report(None)))
             .await
             .expect("ok");
 
@@ -333,10 +347,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_call_without_conversation_id_is_found_by_call_sid_and_linked_in_the_finish() {
-        let mut repo = MockCallRepository::new();
-        repo.expect_get_by_conversation_id().returning(|_| Ok(None));
-        repo.expect_get_by_call_sid()
-            .returning(|_| Ok(Some(call(CallStatus::Failed, None))));
+        let mut repo = found_by_call_sid(call(CallStatus::Failed, None));
         repo.expect_finish_call()
             .withf(|sid, f| {
                 sid.as_str() == "EL_1_x"
@@ -345,8 +356,7 @@ mod tests {
             .times(1)
             .returning(|_, _| Ok(finished(CallStatus::Completed, true, 0)));
 
-        let outcome = ApplyPostCall::new(Arc::new(repo))
-            .execute(&PostCallEvent::Transcription(report(Some("EL_1_x"))))
+        let outcome = apply(repo, PostCallEvent::Transcription(report(Some("EL_1_x"))))
             .await
             .expect("ok");
 
@@ -355,14 +365,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_call_sid_whose_call_has_another_conversation_is_not_ours() {
-        let mut repo = MockCallRepository::new();
-        repo.expect_get_by_conversation_id().returning(|_| Ok(None));
-        repo.expect_get_by_call_sid()
-            .returning(|_| Ok(Some(call(CallStatus::InProgress, Some("conv_other")))));
+        let mut repo = found_by_call_sid(call(CallStatus::InProgress, Some("conv_other")));
         repo.expect_finish_call().times(0);
 
-        let outcome = ApplyPostCall::new(Arc::new(repo))
-            .execute(&PostCallEvent::Transcription(report(Some("EL_1_x"))))
+        let outcome = apply(repo, PostCallEvent::Transcription(report(Some("EL_1_x"))))
             .await
             .expect("ok");
 
@@ -371,15 +377,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_conflict_while_linking_is_an_unknown_call_not_an_error() {
-        let mut repo = MockCallRepository::new();
-        repo.expect_get_by_conversation_id().returning(|_| Ok(None));
-        repo.expect_get_by_call_sid()
-            .returning(|_| Ok(Some(call(CallStatus::InProgress, None))));
+        let mut repo = found_by_call_sid(call(CallStatus::InProgress, None));
         repo.expect_finish_call()
             .returning(|_, _| Err(RepositoryError::Conflict("taken".into())));
 
-        let outcome = ApplyPostCall::new(Arc::new(repo))
-            .execute(&PostCallEvent::Transcription(report(Some("EL_1_x"))))
+        let outcome = apply(repo, PostCallEvent::Transcription(report(Some("EL_1_x"))))
             .await
             .expect("ok");
 
@@ -394,8 +396,7 @@ mod tests {
         repo.expect_finish_call()
             .returning(|_, _| Err(RepositoryError::Unavailable("down".into())));
 
-        let err = ApplyPostCall::new(Arc::new(repo))
-            .execute(&PostCallEvent::Transcription(report(None)))
+        let err = apply(repo, PostCallEvent::Transcription(report(None)))
             .await
             .expect_err("fails");
 
@@ -408,10 +409,12 @@ mod tests {
         repo.expect_get_by_conversation_id().returning(|_| Ok(None));
         repo.expect_get_by_call_sid().returning(|_| Ok(None));
 
-        let outcome = ApplyPostCall::new(Arc::new(repo))
-            .execute(&PostCallEvent::Transcription(report(Some("EL_9_none"))))
-            .await
-            .expect("ok");
+        let outcome = apply(
+            repo,
+            PostCallEvent::Transcription(report(Some("EL_9_none"))),
+        )
+        .await
+        .expect("ok");
 
         assert_eq!(outcome, PostCallOutcome::UnknownCall);
     }
@@ -430,10 +433,7 @@ mod tests {
             .withf(|_, f| matches!(&f.ending, Ending::Failed { reason, .. } if reason == "busy"))
             .times(1)
             .returning(|_, _| Ok(finished(CallStatus::Failed, true, 0)));
-        let outcome = ApplyPostCall::new(Arc::new(repo))
-            .execute(&event)
-            .await
-            .expect("ok");
+        let outcome = apply(repo, event.clone()).await.expect("ok");
         assert!(matches!(outcome, PostCallOutcome::Failed(_)));
     }
 
@@ -448,10 +448,7 @@ mod tests {
         repo.expect_get_by_conversation_id()
             .returning(|_| Ok(Some(call(CallStatus::Completed, Some("conv_1")))));
         repo.expect_finish_call().times(0);
-        let outcome = ApplyPostCall::new(Arc::new(repo))
-            .execute(&event)
-            .await
-            .expect("ok");
+        let outcome = apply(repo, event.clone()).await.expect("ok");
         assert!(matches!(outcome, PostCallOutcome::Unchanged(_)));
     }
 }
