@@ -11,6 +11,7 @@ mod errors;
 mod migrations;
 mod models;
 mod pool;
+mod reconciler;
 mod repository;
 mod retry;
 mod schema;
