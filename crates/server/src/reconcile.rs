@@ -116,14 +116,14 @@ mod tests {
     #[test]
     fn a_line_is_call_sid_result_and_detail_separated_by_tabs() {
         let reconciled = Reconciled {
-            call_sid: CallSid::parse("EL_7_2024-11-21 10:00:00").expect("sid"),
+            call_sid: CallSid::parse("EL_7_2024-11-21T10:00:00Z").expect("sid"),
             result: ReconcileResult::Error {
                 error: "HTTP 500\twith\ncontrol characters".into(),
             },
         };
         assert_eq!(
             line(&reconciled),
-            "EL_7_2024-11-21 10:00:00\terror\tHTTP 500 with control characters"
+            "EL_7_2024-11-21T10:00:00Z\terror\tHTTP 500 with control characters"
         );
     }
 }

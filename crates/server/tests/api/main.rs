@@ -8,5 +8,6 @@ mod helpers;
 mod openapi;
 mod outage;
 mod post_call;
+mod reconcile;
 mod startup;
 mod transcription_webhook;
