@@ -78,6 +78,7 @@ impl ReconcileResult {
     /// One-line detail for humans.
     pub fn detail(&self) -> String {
         match self {
+            Self::Completed { turns_inserted: 1 } => "1 turn restored".to_owned(),
             Self::Completed { turns_inserted } => format!("{turns_inserted} turns restored"),
             Self::Failed { reason } | Self::NotFound { reason } => reason.clone(),
             Self::Pending { status } => format!("conversation status {status}"),
