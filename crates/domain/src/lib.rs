@@ -11,6 +11,6 @@ pub use models::{
     TurnParseError,
 };
 pub use ports::{
-    AppendOutcome, CallFinish, CallRepository, Ending, Finished, RepositoryError, StoredTurn,
-    Telephony,
+    AppendOutcome, CallFinish, CallRepository, ConversationState, Ending, Finished, LeaseGuard,
+    ReconcilerLease, RepositoryError, StoredTurn, Telephony,
 };

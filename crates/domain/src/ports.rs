@@ -13,7 +13,7 @@ pub mod telephony;
 
 #[cfg(any(test, feature = "mocks"))]
 pub use telephony::MockTelephony;
-pub use telephony::{OutboundCall, PlacedCall, Telephony, TelephonyError};
+pub use telephony::{ConversationState, OutboundCall, PlacedCall, Telephony, TelephonyError};
 
 /// Boxed cause carried by the catch-all variants, so chains are kept (never a `String`).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -99,6 +99,45 @@ impl Finished {
     /// Nothing was written (a repeated event, or a final state the event may not change).
     pub fn is_unchanged(&self) -> bool {
         !self.status_changed && self.turns_inserted == 0 && self.turns_renumbered == 0
+    }
+}
+
+/// Releases the lock behind a [`ReconcilerLease`]; implemented by the repository adapter.
+#[async_trait::async_trait]
+pub trait LeaseGuard: Send {
+    /// Gives the lock up now (rather than when the guard is dropped).
+    async fn release(self: Box<Self>);
+}
+
+/// Proof that this process is the only one reconciling stale Calls, for as long as it is
+/// held. [`ReconcilerLease::release`] gives it up; dropping it also does, a little later
+/// (the adapter closes what holds the lock).
+pub struct ReconcilerLease {
+    guard: Option<Box<dyn LeaseGuard>>,
+}
+
+impl ReconcilerLease {
+    pub fn new(guard: Box<dyn LeaseGuard>) -> Self {
+        Self { guard: Some(guard) }
+    }
+
+    /// A lease that holds nothing (mocks and single-process tests).
+    pub fn unguarded() -> Self {
+        Self { guard: None }
+    }
+
+    pub async fn release(mut self) {
+        if let Some(guard) = self.guard.take() {
+            guard.release().await;
+        }
+    }
+}
+
+impl std::fmt::Debug for ReconcilerLease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReconcilerLease")
+            .field("guarded", &self.guard.is_some())
+            .finish()
     }
 }
 
@@ -198,4 +237,17 @@ pub trait CallRepository: Send + Sync + 'static {
     /// whatever is inserted meanwhile. `next` MUST be `None` on the last page (no link to
     /// an empty page).
     async fn list_calls(&self, query: &CallListQuery) -> Result<CallPage, RepositoryError>;
+
+    /// Calls still `in_progress` that started before `started_before`, oldest first
+    /// (`call_start_time`, then `id`), at most `limit` of them.
+    async fn stale_calls(
+        &self,
+        started_before: OffsetDateTime,
+        limit: i64,
+    ) -> Result<Vec<Call>, RepositoryError>;
+
+    /// Takes the stale-call reconciler's lock without waiting: `None` when another process
+    /// (or another lease in this one) holds it. The lock MUST be shared by every instance
+    /// using the same tables and MUST be released when its holder dies.
+    async fn try_lock_reconciler(&self) -> Result<Option<ReconcilerLease>, RepositoryError>;
 }

@@ -1,21 +1,25 @@
 //! The real telephony adapter: ElevenLabs Conversational AI dialing through its native
-//! Twilio integration (`POST /v1/convai/twilio/outbound-call`).
+//! Twilio integration (`POST /v1/convai/twilio/outbound-call`), and its conversation API
+//! (`GET /v1/convai/conversations/{conversation_id}`) for the stale-call repair.
 
 use std::fmt;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use calls_domain::ConversationId;
-use calls_domain::ports::{OutboundCall, PlacedCall, Telephony, TelephonyError};
+use calls_domain::ports::{ConversationState, OutboundCall, PlacedCall, Telephony, TelephonyError};
 use reqwest::header::{CONTENT_TYPE, HeaderValue};
 use reqwest::{StatusCode, Url};
 
+use crate::conversation::parse_conversation;
 use crate::wire::{OutboundCallRequest, OutboundCallResponse, error_detail};
 
 /// ElevenLabs' public API (US/global). Residency deployments use other hosts.
 pub const DEFAULT_BASE_URL: &str = "https://api.elevenlabs.io";
 
 const OUTBOUND_CALL_PATH: &str = "/v1/convai/twilio/outbound-call";
+/// Followed by the conversation_id as one path segment.
+const CONVERSATIONS_PATH: &str = "/v1/convai/conversations";
 
 /// Details from the provider end up in a Call's failure reason and in logs; keep them short.
 pub(crate) const MAX_DETAIL_CHARS: usize = 300;
@@ -69,6 +73,7 @@ pub enum ElevenLabsBuildError {
 pub struct ElevenLabsTelephony {
     client: reqwest::Client,
     endpoint: Url,
+    conversations: Url,
     api_key: HeaderValue,
     config: ElevenLabsConfig,
 }
@@ -98,6 +103,7 @@ impl ElevenLabsTelephony {
             return Err(ElevenLabsBuildError::ZeroTimeout);
         }
         let endpoint = endpoint_url(&config.base_url)?;
+        let conversations = api_url(&config.base_url, CONVERSATIONS_PATH)?;
         let mut api_key = HeaderValue::from_str(&config.api_key)
             .map_err(|_| ElevenLabsBuildError::InvalidApiKey)?;
         // Keeps the value out of reqwest's and hyper's own Debug output.
@@ -115,6 +121,7 @@ impl ElevenLabsTelephony {
         Ok(Self {
             client,
             endpoint,
+            conversations,
             api_key,
             config,
         })
@@ -224,6 +231,99 @@ impl ElevenLabsTelephony {
         })
     }
 
+    /// `GET /v1/convai/conversations/{id}`, once (the next reconciliation pass asks again).
+    async fn get_conversation(
+        &self,
+        conversation_id: &ConversationId,
+    ) -> (Option<u16>, Result<ConversationState, TelephonyError>) {
+        let mut url = self.conversations.clone();
+        // Pushed as a segment, so the id is percent-encoded and cannot change the path.
+        if let Ok(mut segments) = url.path_segments_mut() {
+            segments.push(conversation_id.as_str());
+        }
+        let response = self
+            .client
+            .get(url)
+            .header("xi-api-key", self.api_key.clone())
+            .send()
+            .await;
+        let response = match response {
+            Ok(response) => response,
+            Err(e) => return (None, Err(self.read_transport_error(e))),
+        };
+        let status = response.status();
+        let bytes = match response.bytes().await {
+            Ok(bytes) => bytes,
+            Err(e) => return (Some(status.as_u16()), Err(self.read_transport_error(e))),
+        };
+        (
+            Some(status.as_u16()),
+            self.classify_conversation(status, &bytes, conversation_id),
+        )
+    }
+
+    fn classify_conversation(
+        &self,
+        status: StatusCode,
+        body: &[u8],
+        conversation_id: &ConversationId,
+    ) -> Result<ConversationState, TelephonyError> {
+        let code = status.as_u16();
+        if status.is_success() {
+            let answer = parse_conversation(body, conversation_id).map_err(|e| {
+                TelephonyError::Unexpected(
+                    self.redact(&format!("unreadable conversation (HTTP {code}): {e}")),
+                )
+            })?;
+            return Ok(match answer.status.as_deref() {
+                Some("done") => ConversationState::Done(Box::new(answer.report)),
+                Some("failed") => ConversationState::Failed {
+                    reason: answer
+                        .failure_reason
+                        .map(|r| self.redact(&r))
+                        .unwrap_or_else(|| "conversation failed".to_owned()),
+                },
+                other => ConversationState::Pending {
+                    status: other.unwrap_or("unknown").to_owned(),
+                },
+            });
+        }
+        match code {
+            404 => Ok(ConversationState::NotFound),
+            401 | 403 => Err(TelephonyError::Unauthorized { status: code }),
+            429 => Err(TelephonyError::RateLimited {
+                detail: self.redact(&error_detail(body)),
+            }),
+            400..=499 => Err(TelephonyError::Rejected {
+                status: code,
+                detail: self.redact(&error_detail(body)),
+            }),
+            500..=599 => Err(TelephonyError::ServerError { status: code }),
+            _ => Err(TelephonyError::Unexpected(format!(
+                "unexpected HTTP status {code}"
+            ))),
+        }
+    }
+
+    /// A read never dials, so a timeout is just a timeout.
+    fn read_transport_error(&self, error: reqwest::Error) -> TelephonyError {
+        if error.is_connect() {
+            TelephonyError::Unreachable(self.redact(&describe(error)))
+        } else if error.is_timeout() {
+            TelephonyError::Timeout(self.config.timeout)
+        } else {
+            TelephonyError::Unexpected(self.redact(&describe(error)))
+        }
+    }
+
+    /// Provider text without the API key, short.
+    fn redact(&self, text: &str) -> String {
+        truncate_chars(
+            &text.replace(&self.config.api_key, "[redacted]"),
+            MAX_DETAIL_CHARS,
+        )
+    }
+
     fn transport_error(&self, error: reqwest::Error, call: &OutboundCall) -> TelephonyError {
         // Connect first: a connect timeout is also a timeout, but it proves nothing was sent.
         if error.is_connect() {
@@ -274,12 +374,50 @@ impl Telephony for ElevenLabsTelephony {
         }
         outcome
     }
+
+    #[tracing::instrument(name = "elevenlabs.fetch_conversation", skip_all, fields(conversation_id = %conversation_id))]
+    async fn fetch_conversation(
+        &self,
+        conversation_id: &ConversationId,
+    ) -> Result<ConversationState, TelephonyError> {
+        let started = Instant::now();
+        let (status, outcome) = self.get_conversation(conversation_id).await;
+        let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        match &outcome {
+            Ok(state) => tracing::info!(
+                status,
+                latency_ms,
+                state = state_name(state),
+                "ElevenLabs answered about the conversation"
+            ),
+            Err(error) => tracing::warn!(
+                status,
+                latency_ms,
+                error = %error,
+                "ElevenLabs conversation request failed"
+            ),
+        }
+        outcome
+    }
+}
+
+fn state_name(state: &ConversationState) -> &'static str {
+    match state {
+        ConversationState::Done(_) => "done",
+        ConversationState::Failed { .. } => "failed",
+        ConversationState::Pending { .. } => "pending",
+        ConversationState::NotFound => "not_found",
+    }
 }
 
 fn endpoint_url(base_url: &str) -> Result<Url, ElevenLabsBuildError> {
+    api_url(base_url, OUTBOUND_CALL_PATH)
+}
+
+fn api_url(base_url: &str, path: &str) -> Result<Url, ElevenLabsBuildError> {
     let trimmed = base_url.trim().trim_end_matches('/');
     let invalid = || ElevenLabsBuildError::InvalidBaseUrl(trimmed.to_owned());
-    let url = Url::parse(&format!("{trimmed}{OUTBOUND_CALL_PATH}")).map_err(|_| invalid())?;
+    let url = Url::parse(&format!("{trimmed}{path}")).map_err(|_| invalid())?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
         return Err(invalid());
     }

@@ -1,16 +1,18 @@
 //! A stand-in for ElevenLabs for local runs and demos (`TELEPHONY=simulated`): "dials" at
 //! once, then plays a short scripted conversation against our own webhooks, signed the way
-//! ElevenLabs signs, exactly as the real platform would deliver it.
+//! ElevenLabs signs, exactly as the real platform would deliver it. It also answers the
+//! conversation API for the conversations it placed itself (in this process), so the
+//! stale-call repair can be tried without an account.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use calls_domain::ConversationId;
-use calls_domain::ports::{OutboundCall, PlacedCall, Telephony, TelephonyError};
+use calls_domain::ports::{ConversationState, OutboundCall, PlacedCall, Telephony, TelephonyError};
 use reqwest::Url;
 use reqwest::header::{CONTENT_TYPE, HeaderValue};
 use serde_json::json;
@@ -18,6 +20,7 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use crate::conversation::parse_conversation;
 use crate::signature::{SIGNATURE_HEADER, sign};
 
 /// Numbers ending in this "cannot be reached": lets demos and tests show a failed dial.
@@ -36,6 +39,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Process-wide, so two calls with the same call_sid in one instant still differ.
 static CALL_COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// Conversations remembered for the conversation API; the oldest are forgotten first.
+const REMEMBERED_CONVERSATIONS: usize = 10_000;
+
 #[derive(Clone)]
 pub struct SimulatedConfig {
     /// Where this service listens, e.g. `http://127.0.0.1:8080`.
@@ -44,6 +50,12 @@ pub struct SimulatedConfig {
     pub webhook_secret: String,
     /// Pause before the first turn and between turns.
     pub turn_interval: Duration,
+    /// Turn number (1-based) whose per-turn webhook is not delivered, as if ElevenLabs lost
+    /// it; the post-call event still has the turn, so its reconciliation restores it.
+    pub drop_turn: Option<usize>,
+    /// Send no post-call event, as if it were lost: the Call stays `in_progress` until the
+    /// stale-call repair asks this telephony about it.
+    pub skip_post_call: bool,
 }
 
 impl SimulatedConfig {
@@ -54,6 +66,8 @@ impl SimulatedConfig {
             webhook_base_url: webhook_base_url.into(),
             webhook_secret: webhook_secret.into(),
             turn_interval: Self::DEFAULT_TURN_INTERVAL,
+            drop_turn: None,
+            skip_post_call: false,
         }
     }
 }
@@ -65,6 +79,8 @@ impl fmt::Debug for SimulatedConfig {
             .field("webhook_base_url", &self.webhook_base_url)
             .field("webhook_secret", &"[redacted]")
             .field("turn_interval", &self.turn_interval)
+            .field("drop_turn", &self.drop_turn)
+            .field("skip_post_call", &self.skip_post_call)
             .finish()
     }
 }
@@ -89,6 +105,36 @@ struct Shared {
     post_call_url: Url,
     secret: String,
     turn_interval: Duration,
+    drop_turn: Option<usize>,
+    skip_post_call: bool,
+    conversations: Mutex<Conversations>,
+}
+
+/// What this process knows of the conversations it placed.
+#[derive(Default)]
+struct Conversations {
+    by_id: HashMap<String, Played>,
+    order: VecDeque<String>,
+}
+
+enum Played {
+    /// Still being played.
+    InProgress,
+    /// Over: the post-call event's `data`, which is what the conversation API answers.
+    Done(serde_json::Value),
+}
+
+impl Conversations {
+    fn set(&mut self, id: &str, state: Played) {
+        if self.by_id.insert(id.to_owned(), state).is_none() {
+            self.order.push_back(id.to_owned());
+            while self.order.len() > REMEMBERED_CONVERSATIONS {
+                if let Some(oldest) = self.order.pop_front() {
+                    self.by_id.remove(&oldest);
+                }
+            }
+        }
+    }
 }
 
 impl fmt::Debug for SimulatedTelephony {
@@ -124,6 +170,9 @@ impl SimulatedTelephony {
                 post_call_url,
                 secret: config.webhook_secret,
                 turn_interval: config.turn_interval,
+                drop_turn: config.drop_turn,
+                skip_post_call: config.skip_post_call,
+                conversations: Mutex::new(Conversations::default()),
             }),
         })
     }
@@ -153,6 +202,9 @@ impl Telephony for SimulatedTelephony {
             conversation_id: conversation_id.as_str().to_owned(),
             turns: script(&call.dynamic_variables),
         };
+        self.shared
+            .conversations()
+            .set(&conversation.conversation_id, Played::InProgress);
         let shared = Arc::clone(&self.shared);
         let span = tracing::Span::current();
         // Detached: like the real platform, the conversation outlives the dial request.
@@ -165,6 +217,34 @@ impl Telephony for SimulatedTelephony {
             conversation_id,
             provider_call_id: Some(provider_call_id),
         })
+    }
+
+    /// Answers for the conversations this process placed; any other id is unknown (404),
+    /// as it would be at ElevenLabs.
+    async fn fetch_conversation(
+        &self,
+        conversation_id: &ConversationId,
+    ) -> Result<ConversationState, TelephonyError> {
+        let data = match self
+            .shared
+            .conversations()
+            .by_id
+            .get(conversation_id.as_str())
+        {
+            None => return Ok(ConversationState::NotFound),
+            Some(Played::InProgress) => {
+                return Ok(ConversationState::Pending {
+                    status: "in-progress".to_owned(),
+                });
+            }
+            Some(Played::Done(data)) => data.clone(),
+        };
+        // Read like the real answer, so the simulation exercises the same reader.
+        let body = serde_json::to_vec(&data)
+            .map_err(|e| TelephonyError::Unexpected(format!("simulated conversation: {e}")))?;
+        let answer = parse_conversation(&body, conversation_id)
+            .map_err(|e| TelephonyError::Unexpected(format!("simulated conversation: {e}")))?;
+        Ok(ConversationState::Done(Box::new(answer.report)))
     }
 }
 
@@ -246,6 +326,13 @@ fn script(vars: &BTreeMap<String, String>) -> Vec<Turn> {
 }
 
 impl Shared {
+    fn conversations(&self) -> std::sync::MutexGuard<'_, Conversations> {
+        // No code panics while holding it; a poisoned map is still consistent.
+        self.conversations
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     async fn play(&self, conversation: Conversation) {
         tokio::time::sleep(self.turn_interval).await;
         let start_unix = OffsetDateTime::now_utc().unix_timestamp();
@@ -266,28 +353,44 @@ impl Shared {
                 "message": turn.message,
                 "time_in_call_secs": started.elapsed().as_secs(),
             }));
+            if self.drop_turn == Some(index + 1) {
+                tracing::info!(
+                    turn = index + 1,
+                    "simulated: dropping this turn's webhook on purpose"
+                );
+                continue;
+            }
             self.deliver(&self.transcription_url, &body, "transcription turn")
                 .await;
         }
         tokio::time::sleep(self.turn_interval).await;
 
+        let data = json!({
+            "agent_id": "simulated-agent",
+            "conversation_id": conversation.conversation_id,
+            "status": "done",
+            "transcript": transcript,
+            "metadata": {
+                "start_time_unix_secs": start_unix,
+                // Rounded up: a finished call lasted at least a second.
+                "call_duration_secs": started.elapsed().as_secs() + 1,
+                "termination_reason": "end_call tool was called.",
+            },
+            "analysis": analysis(),
+            "conversation_initiation_client_data": {
+                "dynamic_variables": {"call_sid": conversation.call_sid},
+            },
+        });
+        self.conversations()
+            .set(&conversation.conversation_id, Played::Done(data.clone()));
+        if self.skip_post_call {
+            tracing::info!("simulated: not sending the post-call event, on purpose");
+            return;
+        }
         let event = json!({
             "type": "post_call_transcription",
             "event_timestamp": OffsetDateTime::now_utc().unix_timestamp(),
-            "data": {
-                "agent_id": "simulated-agent",
-                "conversation_id": conversation.conversation_id,
-                "status": "done",
-                "transcript": transcript,
-                "metadata": {
-                    "start_time_unix_secs": start_unix,
-                    // Rounded up: a finished call lasted at least a second.
-                    "call_duration_secs": started.elapsed().as_secs() + 1,
-                },
-                "conversation_initiation_client_data": {
-                    "dynamic_variables": {"call_sid": conversation.call_sid},
-                },
-            },
+            "data": data,
         });
         self.deliver(&self.post_call_url, &event, "post-call event")
             .await;
@@ -339,6 +442,32 @@ impl Shared {
             backoff *= 2;
         }
     }
+}
+
+/// What the scripted driver says, as ElevenLabs' analysis would report it with the
+/// data-collection items of docs/elevenlabs.md.
+fn analysis() -> serde_json::Value {
+    json!({
+        "call_successful": "success",
+        "transcript_summary": "The agent told the driver about the flagged violation. The driver acknowledged it, is checking on it now and expects it sorted before the next stop.",
+        "data_collection_results": {
+            "violation_acknowledged": {
+                "data_collection_id": "violation_acknowledged",
+                "value": true,
+                "rationale": "The driver said they saw the alert too."
+            },
+            "reason_given": {
+                "data_collection_id": "reason_given",
+                "value": "Driver saw the alert and is checking on it.",
+                "rationale": "The driver explained they are checking on it right now."
+            },
+            "fix_eta": {
+                "data_collection_id": "fix_eta",
+                "value": "before the next stop",
+                "rationale": "The driver will have it sorted before the next stop."
+            }
+        }
+    })
 }
 
 /// Millisecond precision, `Z` suffix: what ElevenLabs' `system__time_utc` looks like.

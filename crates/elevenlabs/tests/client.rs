@@ -4,9 +4,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use calls_domain::CallSid;
 use calls_domain::models::PhoneNumber;
-use calls_domain::ports::{OutboundCall, PlacedCall, Telephony, TelephonyError};
+use calls_domain::ports::{ConversationState, OutboundCall, PlacedCall, Telephony, TelephonyError};
+use calls_domain::{CallSid, ConversationId, SpeakerType};
 use calls_elevenlabs::{ElevenLabsConfig, ElevenLabsTelephony};
 use serde_json::json;
 use wiremock::matchers::{body_json, header, method, path};
@@ -396,4 +396,203 @@ fn an_invalid_config_is_refused_without_echoing_the_key() {
     let err = ElevenLabsTelephony::new(cfg).expect_err("missing agent id");
     assert!(err.to_string().contains("agent_id"));
     assert!(!err.to_string().contains(API_KEY));
+}
+
+// --- The conversation API (`GET /v1/convai/conversations/{id}`), for stale calls. ---
+
+const CONVERSATION_PATH: &str = "/v1/convai/conversations/conv_stale_1";
+
+/// Mounts the one expected GET answering with `response`, and asks about `conv_stale_1`.
+async fn fetch_with(response: ResponseTemplate) -> Result<ConversationState, TelephonyError> {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path(CONVERSATION_PATH))
+        .and(header("xi-api-key", API_KEY))
+        .respond_with(response)
+        .expect(1)
+        .mount(&server)
+        .await;
+    let telephony = ElevenLabsTelephony::new(config(&server.uri(), Duration::from_secs(5)))
+        .expect("valid config");
+    telephony
+        .fetch_conversation(&ConversationId::parse("conv_stale_1").expect("valid id"))
+        .await
+}
+
+fn conversation(status: &str) -> serde_json::Value {
+    json!({
+        "agent_id": "agent_123",
+        "conversation_id": "conv_stale_1",
+        "status": status,
+        "transcript": [
+            {"role": "agent", "message": "Hi Jane", "time_in_call_secs": 0},
+            {"role": "user", "message": "Hello", "time_in_call_secs": 3}
+        ],
+        "metadata": {"start_time_unix_secs": 1_732_183_200, "call_duration_secs": 42,
+                     "termination_reason": "end_call tool was called."},
+        "analysis": {
+            "call_successful": "success",
+            "transcript_summary": "Driver acknowledged.",
+            "data_collection_results": {
+                "violation_acknowledged": {"data_collection_id": "violation_acknowledged", "value": true, "rationale": "said so"}
+            }
+        },
+        "conversation_initiation_client_data": {"dynamic_variables": {"call_sid": "EL_1_2"}}
+    })
+}
+
+#[tokio::test]
+async fn a_done_conversation_is_reported_with_transcript_and_outcome() {
+    let state = fetch_with(json_response(200, conversation("done")))
+        .await
+        .expect("answered");
+
+    let ConversationState::Done(report) = state else {
+        panic!("not done: {state:?}");
+    };
+    assert_eq!(report.conversation_id.as_str(), "conv_stale_1");
+    assert_eq!(
+        report.call_sid.as_ref().map(CallSid::as_str),
+        Some("EL_1_2")
+    );
+    assert_eq!(report.duration_secs, Some(42));
+    assert_eq!(report.transcript.len(), 2);
+    assert_eq!(report.transcript[1].speaker, SpeakerType::Driver);
+    assert_eq!(report.outcome.call_successful.as_deref(), Some("success"));
+    assert_eq!(
+        report.outcome.data_collection["violation_acknowledged"],
+        json!(true)
+    );
+}
+
+#[tokio::test]
+async fn a_failed_conversation_is_failed_with_its_reason_or_a_default() {
+    let mut body = conversation("failed");
+    body["failure_reason"] = json!("no-answer");
+    let state = fetch_with(json_response(200, body))
+        .await
+        .expect("answered");
+    assert_eq!(
+        state,
+        ConversationState::Failed {
+            reason: "no-answer".into()
+        }
+    );
+
+    let state = fetch_with(json_response(200, json!({"status": "failed"})))
+        .await
+        .expect("answered");
+    assert_eq!(
+        state,
+        ConversationState::Failed {
+            reason: "conversation failed".into()
+        }
+    );
+}
+
+#[tokio::test]
+async fn a_conversation_in_progress_is_pending_with_its_status() {
+    let state = fetch_with(json_response(200, conversation("in-progress")))
+        .await
+        .expect("answered");
+    assert_eq!(
+        state,
+        ConversationState::Pending {
+            status: "in-progress".into()
+        }
+    );
+    let state = fetch_with(json_response(200, conversation("processing")))
+        .await
+        .expect("answered");
+    assert_eq!(
+        state,
+        ConversationState::Pending {
+            status: "processing".into()
+        }
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_conversation_is_not_found() {
+    let state = fetch_with(json_response(
+        404,
+        json!({"detail": {"status": "conversation_not_found", "message": "Conversation not found"}}),
+    ))
+    .await
+    .expect("a 404 is an answer, not an error");
+    assert_eq!(state, ConversationState::NotFound);
+}
+
+#[tokio::test]
+async fn a_server_error_is_an_error_and_not_retried() {
+    let err = fetch_with(ResponseTemplate::new(500).set_body_string("boom"))
+        .await
+        .expect_err("5xx");
+    assert_eq!(err, TelephonyError::ServerError { status: 500 });
+}
+
+#[tokio::test]
+async fn a_garbage_answer_is_an_error_not_a_panic() {
+    for body in [
+        "<html>Bad Gateway</html>",
+        "[1, 2]",
+        "",
+        "{\"status\": \"done\"",
+    ] {
+        let err = fetch_with(ResponseTemplate::new(200).set_body_string(body))
+            .await
+            .expect_err("garbage");
+        assert!(
+            matches!(&err, TelephonyError::Unexpected(m) if m.contains("unreadable conversation")),
+            "{body:?}: {err:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn bad_credentials_on_the_conversation_api_are_unauthorized_without_the_key() {
+    let err = fetch_with(json_response(
+        401,
+        json!({"detail": format!("invalid key {API_KEY}")}),
+    ))
+    .await
+    .expect_err("401");
+    assert_eq!(err, TelephonyError::Unauthorized { status: 401 });
+    assert!(!format!("{err} {err:?}").contains(API_KEY));
+}
+
+#[tokio::test]
+async fn a_slow_conversation_answer_times_out() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path(CONVERSATION_PATH))
+        .respond_with(json_response(200, conversation("done")).set_delay(Duration::from_secs(3)))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let telephony = ElevenLabsTelephony::new(config(&server.uri(), Duration::from_millis(300)))
+        .expect("valid config");
+    let err = telephony
+        .fetch_conversation(&ConversationId::parse("conv_stale_1").expect("valid id"))
+        .await
+        .expect_err("timeout");
+    assert_eq!(err, TelephonyError::Timeout(Duration::from_millis(300)));
+}
+
+#[tokio::test]
+async fn the_conversation_id_is_one_encoded_path_segment() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/v1/convai/conversations/a%2F..%2Fb%3Fx"))
+        .respond_with(json_response(200, json!({"status": "processing"})))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let telephony = ElevenLabsTelephony::new(config(&server.uri(), Duration::from_secs(5)))
+        .expect("valid config");
+    let state = telephony
+        .fetch_conversation(&ConversationId::parse("a/../b?x").expect("valid id"))
+        .await
+        .expect("answered");
+    assert!(matches!(state, ConversationState::Pending { .. }));
 }

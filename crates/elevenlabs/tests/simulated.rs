@@ -3,9 +3,9 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use calls_domain::CallSid;
 use calls_domain::models::PhoneNumber;
-use calls_domain::ports::{OutboundCall, Telephony, TelephonyError};
+use calls_domain::ports::{ConversationState, OutboundCall, Telephony, TelephonyError};
+use calls_domain::{CallSid, ConversationId, SpeakerType};
 use calls_elevenlabs::{
     DEFAULT_TOLERANCE_SECS, POST_CALL_PATH, SIGNATURE_HEADER, SimulatedConfig, SimulatedTelephony,
     TRANSCRIPTION_PATH, verify,
@@ -19,12 +19,19 @@ use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 const SECRET: &str = "wsec_simulated_secret";
 
 fn telephony(server: &MockServer) -> SimulatedTelephony {
-    SimulatedTelephony::new(SimulatedConfig {
-        webhook_base_url: server.uri(),
-        webhook_secret: SECRET.to_owned(),
+    telephony_with(server, |_| {})
+}
+
+fn telephony_with(
+    server: &MockServer,
+    customize: impl FnOnce(&mut SimulatedConfig),
+) -> SimulatedTelephony {
+    let mut config = SimulatedConfig {
         turn_interval: Duration::from_millis(10),
-    })
-    .expect("valid config")
+        ..SimulatedConfig::new(server.uri(), SECRET)
+    };
+    customize(&mut config);
+    SimulatedTelephony::new(config).expect("valid config")
 }
 
 fn outbound_call(number: &str) -> OutboundCall {
@@ -234,4 +241,130 @@ fn an_invalid_webhook_base_url_is_refused_and_the_secret_is_not_shown() {
     assert_eq!(config.turn_interval, Duration::from_millis(150));
     assert!(!format!("{config:?}").contains(SECRET));
     assert!(SimulatedTelephony::new(config).is_err());
+}
+
+#[tokio::test]
+async fn the_post_call_event_carries_the_analysis_with_data_collection_results() {
+    let server = MockServer::start().await;
+    mount_webhooks(&server).await;
+    telephony(&server)
+        .place_call(&outbound_call("+15551234567"))
+        .await
+        .expect("placed");
+
+    let requests = wait_for_post_call(&server).await;
+    let event = json_of(requests.last().expect("post-call event"));
+    let analysis = &event["data"]["analysis"];
+    assert_eq!(analysis["call_successful"], "success");
+    assert!(analysis["transcript_summary"].is_string());
+    let results = &analysis["data_collection_results"];
+    assert_eq!(results["violation_acknowledged"]["value"], true);
+    assert!(results["violation_acknowledged"]["rationale"].is_string());
+    assert!(results["reason_given"]["value"].is_string());
+    assert!(results["fix_eta"]["value"].is_string());
+    assert!(event["data"]["metadata"]["termination_reason"].is_string());
+}
+
+#[tokio::test]
+async fn a_dropped_turn_is_not_delivered_but_stays_in_the_post_call_transcript() {
+    let server = MockServer::start().await;
+    mount_webhooks(&server).await;
+    let telephony = telephony_with(&server, |c| c.drop_turn = Some(2));
+    telephony
+        .place_call(&outbound_call("+15551234567"))
+        .await
+        .expect("placed");
+
+    let requests = wait_for_post_call(&server).await;
+    let turns: Vec<Value> = requests
+        .iter()
+        .filter(|r| r.url.path() == TRANSCRIPTION_PATH)
+        .map(json_of)
+        .collect();
+    let speakers: Vec<&str> = turns.iter().filter_map(|t| t["speaker"].as_str()).collect();
+    assert_eq!(
+        speakers,
+        ["agent", "agent", "user", "agent"],
+        "turn 2 (the driver's first) is missing"
+    );
+    let event = json_of(requests.last().expect("post-call event"));
+    let transcript = event["data"]["transcript"].as_array().expect("transcript");
+    assert_eq!(
+        transcript.len(),
+        5,
+        "the post-call transcript has every turn"
+    );
+    assert_eq!(transcript[1]["role"], "user");
+}
+
+/// Polls the simulated conversation API until it reports the conversation done.
+async fn wait_until_done(telephony: &SimulatedTelephony, id: &ConversationId) -> ConversationState {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let state = telephony.fetch_conversation(id).await.expect("answers");
+        if !matches!(state, ConversationState::Pending { .. }) {
+            return state;
+        }
+        assert!(Instant::now() < deadline, "not done within 10 s: {state:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_simulated_conversation_api_answers_for_its_own_conversations() {
+    let server = MockServer::start().await;
+    mount_webhooks(&server).await;
+    let telephony = telephony_with(&server, |c| {
+        c.skip_post_call = true;
+        c.turn_interval = Duration::from_millis(30);
+    });
+    let placed = telephony
+        .place_call(&outbound_call("+15551234567"))
+        .await
+        .expect("placed");
+
+    let early = telephony
+        .fetch_conversation(&placed.conversation_id)
+        .await
+        .expect("answers");
+    assert_eq!(
+        early,
+        ConversationState::Pending {
+            status: "in-progress".into()
+        }
+    );
+    let ConversationState::Done(report) =
+        wait_until_done(&telephony, &placed.conversation_id).await
+    else {
+        panic!("not done");
+    };
+    assert_eq!(report.conversation_id, placed.conversation_id);
+    assert_eq!(
+        report.call_sid.as_ref().map(CallSid::as_str),
+        Some("EL_1_2")
+    );
+    assert_eq!(report.transcript.len(), 5);
+    assert_eq!(report.transcript[0].speaker, SpeakerType::Agent);
+    assert!(report.transcript[0].message.contains("Jane Doe"));
+    assert_eq!(report.outcome.call_successful.as_deref(), Some("success"));
+    assert_eq!(
+        report.outcome.data_collection["violation_acknowledged"],
+        serde_json::json!(true)
+    );
+    assert!(report.duration_secs.unwrap_or_default() >= 1);
+
+    // skip_post_call: the turns arrived, the post-call event did not.
+    let requests = server.received_requests().await.unwrap_or_default();
+    assert_eq!(requests.len(), 5);
+    assert!(requests.iter().all(|r| r.url.path() == TRANSCRIPTION_PATH));
+}
+
+#[tokio::test]
+async fn the_simulated_conversation_api_does_not_know_other_conversations() {
+    let server = MockServer::start().await;
+    let state = telephony(&server)
+        .fetch_conversation(&ConversationId::parse("conv_from_elsewhere").expect("id"))
+        .await
+        .expect("answers");
+    assert_eq!(state, ConversationState::NotFound);
 }

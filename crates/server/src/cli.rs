@@ -30,6 +30,9 @@ pub enum Command {
     Migrate(MigrateArgs),
     /// Fill call_sid on legacy rows in short batches (safe while the service runs).
     Backfill(BackfillArgs),
+    /// Reconcile Calls stuck in_progress now: ask ElevenLabs about each and apply the
+    /// answer; prints one line per Call (call_sid, result, detail; tab-separated).
+    Reconcile(ReconcileArgs),
     /// Print the ElevenLabs webhook tool JSON for the transcription webhook.
     ElevenlabsToolConfig(ToolConfigArgs),
 }
@@ -123,6 +126,31 @@ pub struct ServeArgs {
     /// For local development only.
     #[arg(long, env = "INSECURE_DEV", default_value_t = false)]
     pub insecure_dev: bool,
+    /// Seconds between two stale-call reconciliation passes; 0 turns the timer off.
+    #[arg(long, env = "RECONCILE_INTERVAL_SECS", default_value_t = 60)]
+    pub reconcile_interval_secs: u64,
+    /// A Call still in_progress this many seconds after it started is stale.
+    #[arg(long, env = "RECONCILE_AFTER_SECS", default_value_t = 1800)]
+    pub reconcile_after_secs: u64,
+    /// TELEPHONY=simulated: do not deliver this turn's webhook (1-based), so the post-call
+    /// reconciliation can be seen restoring it.
+    #[arg(long, env = "SIMULATED_DROP_TURN")]
+    pub simulated_drop_turn: Option<usize>,
+    /// TELEPHONY=simulated: send no post-call event, so the Call stays in_progress until
+    /// the stale-call reconciliation completes it.
+    #[arg(long, env = "SIMULATED_SKIP_POST_CALL", default_value_t = false)]
+    pub simulated_skip_post_call: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ReconcileArgs {
+    /// Database and telephony settings, as for `serve` (secrets of the HTTP API are not
+    /// needed).
+    #[command(flatten)]
+    pub serve: ServeArgs,
+    /// Reconcile Calls in_progress for longer than this (default: RECONCILE_AFTER_SECS).
+    #[arg(long, value_name = "SECS")]
+    pub older_than: Option<u64>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -1,14 +1,20 @@
 //! The one-shot subcommands: thin wrappers over the store crate's operations.
 
 use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
+use calls_domain::service::{PassOutcome, ReconcileSettings, ReconcileStale};
 use calls_store_postgres::{
-    BackfillOptions, MigrateCommand, backfill_call_sids, migrate, migration_status,
+    BackfillOptions, MigrateCommand, PgCallRepository, RetryPolicy, backfill_call_sids, build_pool,
+    migrate, migration_status,
 };
 
-use crate::cli::{BackfillArgs, MigrateArgs, ToolConfigArgs};
-use crate::config::database_only;
+use crate::cli::{BackfillArgs, MigrateArgs, ReconcileArgs, ToolConfigArgs};
+use crate::config::{Settings, database_only};
+use crate::metrics::Metrics;
+use crate::startup::build_telephony;
 
 pub async fn run_migrate(args: &MigrateArgs) -> anyhow::Result<()> {
     let config = database_only(&args.db)?;
@@ -86,6 +92,41 @@ pub async fn run_backfill(args: &BackfillArgs) -> anyhow::Result<()> {
             "backfilled {} of {} rows in {} batches",
             report.updated, report.pending_at_start, report.batches
         );
+    }
+    Ok(())
+}
+
+/// One stale-call pass now: one line per Call examined on stdout (see
+/// [`crate::reconcile::line`]). Skipped, with a note on stderr, while another instance
+/// holds the reconciler lock.
+pub async fn run_reconcile(args: &ReconcileArgs) -> anyhow::Result<()> {
+    let settings = Settings::for_command(&args.serve)?;
+    let older_than = args
+        .older_than
+        .map_or(settings.reconcile_after, Duration::from_secs);
+    let pool = build_pool(&settings.database).context("building the database pool")?;
+    let repository = Arc::new(PgCallRepository::new(pool, RetryPolicy::default()));
+    let telephony = build_telephony(&settings)?;
+    let reconciler = ReconcileStale::new(repository, telephony, ReconcileSettings::default());
+    let outcome = crate::reconcile::run_pass(&reconciler, &Metrics::new(), older_than)
+        .await
+        .context("reconciling stale calls")?;
+    match outcome {
+        PassOutcome::Ran(lines) => {
+            let mut out = std::io::stdout().lock();
+            for reconciled in &lines {
+                writeln!(out, "{}", crate::reconcile::line(reconciled))?;
+            }
+            out.flush()?;
+            eprintln!(
+                "reconciled {} stale call(s) in_progress for more than {} s",
+                lines.len(),
+                older_than.as_secs()
+            );
+        }
+        PassOutcome::Skipped => {
+            eprintln!("another instance is reconciling stale calls right now; nothing done");
+        }
     }
     Ok(())
 }

@@ -63,6 +63,20 @@ pub struct Settings {
     pub call_concurrency: usize,
     pub max_body_bytes: usize,
     pub insecure_dev: bool,
+    /// Time between two stale-call passes; `None`: no timer.
+    pub reconcile_interval: Option<Duration>,
+    /// Age at which an `in_progress` Call is stale.
+    pub reconcile_after: Duration,
+    pub simulation: SimulationSettings,
+}
+
+/// How `TELEPHONY=simulated` misbehaves on purpose (demos); ignored otherwise.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SimulationSettings {
+    /// 1-based turn whose webhook is not delivered.
+    pub drop_turn: Option<usize>,
+    /// No post-call event at all.
+    pub skip_post_call: bool,
 }
 
 fn non_empty(value: Option<&String>) -> Option<String> {
@@ -102,7 +116,19 @@ pub fn database_only(args: &DbArgs) -> Result<DbConfig, ConfigError> {
 }
 
 impl Settings {
+    /// Settings of `serve`: the webhook secret and API token are required unless running
+    /// open for development.
     pub fn from_args(args: &ServeArgs) -> Result<Self, ConfigError> {
+        Self::from_args_with(args, true)
+    }
+
+    /// Settings of one-shot commands that serve no HTTP (`reconcile`): the secrets of
+    /// the HTTP API are optional.
+    pub fn for_command(args: &ServeArgs) -> Result<Self, ConfigError> {
+        Self::from_args_with(args, false)
+    }
+
+    fn from_args_with(args: &ServeArgs, serving: bool) -> Result<Self, ConfigError> {
         let mut missing = Vec::new();
         let database = database_config(&args.db, &mut missing)?;
 
@@ -134,7 +160,7 @@ impl Settings {
 
         let webhook_secret = non_empty(args.webhook_secret.as_ref()).map(Secret::new);
         let api_token = non_empty(args.api_token.as_ref()).map(Secret::new);
-        if !args.insecure_dev {
+        if serving && !args.insecure_dev {
             if webhook_secret.is_none() {
                 missing.push("WEBHOOK_SECRET");
             }
@@ -168,6 +194,13 @@ impl Settings {
             call_concurrency: args.call_concurrency,
             max_body_bytes: args.max_body_bytes.max(1024),
             insecure_dev: args.insecure_dev,
+            reconcile_interval: (args.reconcile_interval_secs > 0)
+                .then(|| Duration::from_secs(args.reconcile_interval_secs)),
+            reconcile_after: Duration::from_secs(args.reconcile_after_secs),
+            simulation: SimulationSettings {
+                drop_turn: args.simulated_drop_turn.filter(|n| *n > 0),
+                skip_post_call: args.simulated_skip_post_call,
+            },
         })
     }
 }
@@ -218,6 +251,53 @@ mod tests {
         let debug = format!("{settings:?}");
         assert!(!debug.contains("topsecret"), "{debug}");
         assert!(!debug.contains("dbpass"), "{debug}");
+    }
+
+    #[test]
+    fn reconciliation_runs_every_minute_for_calls_older_than_half_an_hour_by_default() {
+        let settings = parse(&[
+            "--database-url",
+            "postgres://localhost/x",
+            "--telephony",
+            "simulated",
+            "--insecure-dev",
+        ])
+        .expect("valid");
+        assert_eq!(settings.reconcile_interval, Some(Duration::from_secs(60)));
+        assert_eq!(settings.reconcile_after, Duration::from_secs(1800));
+        assert_eq!(settings.simulation, SimulationSettings::default());
+
+        let settings = parse(&[
+            "--database-url",
+            "postgres://localhost/x",
+            "--telephony",
+            "simulated",
+            "--insecure-dev",
+            "--reconcile-interval-secs",
+            "0",
+            "--reconcile-after-secs",
+            "120",
+            "--simulated-drop-turn",
+            "2",
+        ])
+        .expect("valid");
+        assert_eq!(settings.reconcile_interval, None, "0 turns the timer off");
+        assert_eq!(settings.reconcile_after, Duration::from_secs(120));
+        assert_eq!(settings.simulation.drop_turn, Some(2));
+    }
+
+    #[test]
+    fn one_shot_commands_do_not_need_the_http_secrets() {
+        let cli = crate::cli::Cli::try_parse_from([
+            "calls-server",
+            "--database-url",
+            "postgres://localhost/x",
+            "--telephony",
+            "simulated",
+        ])
+        .expect("cli parses");
+        assert!(Settings::from_args(&cli.serve).is_err());
+        assert!(Settings::for_command(&cli.serve).is_ok());
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod errors;
 pub mod metrics;
 pub mod middleware;
 pub mod openapi;
+pub mod reconcile;
 pub mod routes;
 pub mod startup;
 pub mod telemetry;

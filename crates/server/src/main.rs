@@ -1,7 +1,7 @@
 use clap::Parser;
 
 use calls_server::cli::{Cli, Command};
-use calls_server::commands::{run_backfill, run_migrate, tool_config};
+use calls_server::commands::{run_backfill, run_migrate, run_reconcile, tool_config};
 use calls_server::config::Settings;
 use calls_server::startup::Application;
 use calls_server::telemetry;
@@ -20,6 +20,10 @@ async fn main() -> std::process::ExitCode {
         Some(Command::Backfill(args)) => {
             telemetry::init(cli.log.log_format, std::io::stderr);
             run_backfill(args).await
+        }
+        Some(Command::Reconcile(args)) => {
+            telemetry::init(cli.log.log_format, std::io::stderr);
+            run_reconcile(args).await
         }
         Some(Command::ElevenlabsToolConfig(args)) => {
             telemetry::init(cli.log.log_format, std::io::stderr);

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use actix_web::dev::Server;
 use actix_web::{App, HttpServer, middleware, web};
 use anyhow::Context;
-use calls_domain::service::{ApplyPostCall, CallContext, PlaceCalls, RecordTurn};
+use calls_domain::service::{
+    ApplyPostCall, CallContext, PlaceCalls, ReconcileSettings, ReconcileStale, RecordTurn,
+};
 use calls_domain::{CallRepository, Telephony};
 use calls_elevenlabs::{
     ElevenLabsConfig, ElevenLabsTelephony, SimulatedConfig, SimulatedTelephony,
@@ -28,6 +30,7 @@ pub struct AppState {
     pub record_turn: RecordTurn,
     pub place_calls: PlaceCalls,
     pub post_call: ApplyPostCall,
+    pub reconcile_stale: Arc<ReconcileStale>,
     pub metrics: Arc<Metrics>,
     /// For pool gauges; `None` when the repository is not PostgreSQL (tests with mocks).
     pub pool: Option<DbPool>,
@@ -58,14 +61,18 @@ pub fn build_telephony(settings: &Settings) -> anyhow::Result<Arc<dyn Telephony>
             .context("building the ElevenLabs client")?,
         ),
         TelephonySettings::Simulated => Arc::new(
-            SimulatedTelephony::new(SimulatedConfig::new(
-                settings.public_base_url.clone(),
-                settings
-                    .webhook_secret
-                    .as_ref()
-                    .map(|s| s.expose().to_owned())
-                    .unwrap_or_default(),
-            ))
+            SimulatedTelephony::new(SimulatedConfig {
+                drop_turn: settings.simulation.drop_turn,
+                skip_post_call: settings.simulation.skip_post_call,
+                ..SimulatedConfig::new(
+                    settings.public_base_url.clone(),
+                    settings
+                        .webhook_secret
+                        .as_ref()
+                        .map(|s| s.expose().to_owned())
+                        .unwrap_or_default(),
+                )
+            })
             .context("building the simulated telephony")?,
         ),
     })
@@ -112,6 +119,11 @@ impl Application {
                 settings.call_concurrency,
             ),
             post_call: ApplyPostCall::new(repository.clone()),
+            reconcile_stale: Arc::new(ReconcileStale::new(
+                repository.clone(),
+                telephony.clone(),
+                ReconcileSettings::default(),
+            )),
             settings: settings.clone(),
             repository,
             telephony,
@@ -134,9 +146,24 @@ impl Application {
         self.state.clone()
     }
 
-    /// Serves until SIGTERM/SIGINT, then finishes in-flight requests (up to 30 s).
+    /// Serves until SIGTERM/SIGINT, then finishes in-flight requests (up to 30 s). The
+    /// stale-call timer (when configured) runs meanwhile and stops with the server; a pass
+    /// cut short leaves nothing half-done (each Call is finished in one transaction, and
+    /// the lock goes with its connection).
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+        let timer = self.state.settings.reconcile_interval.map(|interval| {
+            crate::reconcile::spawn_timer(
+                self.state.reconcile_stale.clone(),
+                self.state.metrics.clone(),
+                interval,
+                self.state.settings.reconcile_after,
+            )
+        });
+        let result = self.server.await;
+        if let Some(timer) = timer {
+            timer.abort();
+        }
+        result
     }
 }
 

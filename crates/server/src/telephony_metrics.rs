@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
-use calls_domain::ports::{OutboundCall, PlacedCall, Telephony, TelephonyError};
+use calls_domain::ConversationId;
+use calls_domain::ports::{ConversationState, OutboundCall, PlacedCall, Telephony, TelephonyError};
 
 use crate::metrics::Metrics;
 
@@ -52,5 +53,13 @@ impl Telephony for MeasuredTelephony {
             vec![("outcome", outcome(&result).to_owned())],
         );
         result
+    }
+
+    // Counted per Call by the reconciler (`calls_reconciled_total`).
+    async fn fetch_conversation(
+        &self,
+        conversation_id: &ConversationId,
+    ) -> Result<ConversationState, TelephonyError> {
+        self.inner.fetch_conversation(conversation_id).await
     }
 }

@@ -12,6 +12,7 @@ mod listing;
 mod migrations;
 mod models;
 mod pool;
+mod reconciler;
 mod repository;
 mod retry;
 mod schema;

@@ -3,7 +3,8 @@ use calls_domain::models::{CallListQuery, CallPage};
 use calls_domain::service::transcript_merge;
 use calls_domain::{
     AppendOutcome, Call, CallFinish, CallRepository, CallSid, CallStatus, CallTranscription,
-    ConversationId, Ending, EventTurn, Finished, NewCall, NewTurn, RepositoryError, StoredTurn,
+    ConversationId, Ending, EventTurn, Finished, NewCall, NewTurn, ReconcilerLease,
+    RepositoryError, StoredTurn,
 };
 use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Integer, Text, Timestamptz};
@@ -326,6 +327,45 @@ impl CallRepository for PgCallRepository {
             .run("list_calls", |_| async move {
                 let mut conn = self.conn().await?;
                 crate::listing::list_calls(&mut conn, query).await
+            })
+            .await
+    }
+
+    // Stale-call reconciler (the queries are in reconciler.rs). A read: safe to retry.
+    #[tracing::instrument(skip_all, fields(limit = limit))]
+    async fn stale_calls(
+        &self,
+        started_before: OffsetDateTime,
+        limit: i64,
+    ) -> Result<Vec<Call>, RepositoryError> {
+        self.retry
+            .run("stale_calls", |_| async move {
+                let mut conn = self.conn().await?;
+                crate::reconciler::stale_calls(&mut conn, started_before, limit.max(0))
+                    .await?
+                    .into_iter()
+                    .map(to_call)
+                    .collect()
+            })
+            .await
+    }
+
+    async fn try_lock_reconciler(&self) -> Result<Option<ReconcilerLease>, RepositoryError> {
+        // Retrying is safe: a connection lost mid-attempt takes its lock with it.
+        self.retry
+            .run("try_lock_reconciler", |_| async move {
+                let mut conn = self.conn().await?;
+                if !crate::reconciler::try_lock(&mut conn, &self.pool.schema).await? {
+                    return Ok(None);
+                }
+                // Out of the pool for good, so no request ever runs on the locked session.
+                let conn = diesel_async::pooled_connection::deadpool::Object::take(conn);
+                Ok(Some(ReconcilerLease::new(Box::new(
+                    crate::reconciler::PgReconcilerLease {
+                        conn,
+                        schema: self.pool.schema.clone(),
+                    },
+                ))))
             })
             .await
     }

@@ -1,7 +1,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::models::{CallSid, ConversationId, PhoneNumber};
+use crate::models::{CallSid, ConversationId, ConversationReport, PhoneNumber};
 
 /// Everything a telephony provider needs to phone one driver.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,8 +22,24 @@ pub struct PlacedCall {
     pub provider_call_id: Option<String>,
 }
 
-/// Why a call was not placed. Every variant means "do not assume the driver was dialed
-/// successfully"; none of them is retried by the adapter (a retry could dial twice).
+/// What the provider says about a conversation it was asked for (the stale-call repair).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConversationState {
+    /// The conversation is over (ElevenLabs' `status: done`); the report has the same
+    /// content as a `post_call_transcription` event.
+    Done(Box<ConversationReport>),
+    /// The call failed (ElevenLabs' `status: failed`).
+    Failed { reason: String },
+    /// Still going, or being processed (`initiated`, `in-progress`, `processing`, …).
+    Pending { status: String },
+    /// The provider has no such conversation (HTTP 404).
+    NotFound,
+}
+
+/// Why a telephony request failed. For [`Telephony::place_call`] every variant means "do
+/// not assume the driver was dialed successfully"; none of them is retried by the adapter
+/// (a retry could dial twice). For [`Telephony::fetch_conversation`] every variant means
+/// "nothing is known about the conversation".
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TelephonyError {
     #[error("telephony provider rejected our credentials (HTTP {status})")]
@@ -51,4 +67,15 @@ pub enum TelephonyError {
 pub trait Telephony: Send + Sync + 'static {
     /// Asks the provider to dial. Called once per Call; never retried.
     async fn place_call(&self, call: &OutboundCall) -> Result<PlacedCall, TelephonyError>;
+
+    /// Asks the provider what became of a conversation. Reads only; callers may ask again
+    /// later.
+    ///
+    /// # Errors
+    /// Any failure to get a usable answer (transport, 5xx, an unreadable body) MUST be a
+    /// [`TelephonyError`]; a 404 MUST be [`ConversationState::NotFound`], not an error.
+    async fn fetch_conversation(
+        &self,
+        conversation_id: &ConversationId,
+    ) -> Result<ConversationState, TelephonyError>;
 }

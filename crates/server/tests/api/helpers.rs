@@ -3,7 +3,7 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use calls_domain::{CallRepository, CallSid, ConversationId, NewCall};
-use calls_server::config::{Secret, Settings, TelephonySettings};
+use calls_server::config::{Secret, Settings, SimulationSettings, TelephonySettings};
 use calls_server::startup::{AppState, Application};
 use calls_store_postgres::testing::TestDatabase;
 use calls_store_postgres::{DbConfig, PgCallRepository, RetryPolicy, build_pool};
@@ -50,6 +50,10 @@ pub fn settings_for(database: DbConfig, elevenlabs_uri: &str) -> Settings {
         call_concurrency: 8,
         max_body_bytes: 16 * 1024,
         insecure_dev: false,
+        // Tests run passes themselves; the timer has tests of its own.
+        reconcile_interval: None,
+        reconcile_after: Duration::from_secs(1800),
+        simulation: SimulationSettings::default(),
     }
 }
 

@@ -9,5 +9,6 @@ mod listing;
 mod openapi;
 mod outage;
 mod post_call;
+mod reconcile;
 mod startup;
 mod transcription_webhook;
