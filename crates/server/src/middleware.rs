@@ -12,6 +12,7 @@ use actix_web::middleware::Next;
 use actix_web::{Error, HttpMessage, web};
 use tracing::Instrument;
 
+use crate::metrics::{HttpLabels, RouteLabels};
 use crate::startup::AppState;
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -74,21 +75,23 @@ pub async fn request_context(
             .insert(HeaderName::from_static(REQUEST_ID_HEADER), value);
     }
     if let Some(state) = state {
-        state.metrics.inc(
-            "http_requests_total",
-            "HTTP requests by route, method and status",
-            vec![
-                ("route", route.clone()),
-                ("method", method.clone()),
-                ("status", status.as_u16().to_string()),
-            ],
-        );
-        state.metrics.observe(
-            "http_request_duration_seconds",
-            "HTTP request latency by route and method",
-            vec![("route", route.clone()), ("method", method.clone())],
-            elapsed,
-        );
+        state
+            .metrics
+            .http_requests
+            .get_or_create(&HttpLabels {
+                route: route.clone(),
+                method: method.clone(),
+                status: status.as_u16(),
+            })
+            .inc();
+        state
+            .metrics
+            .http_request_duration
+            .get_or_create(&RouteLabels {
+                route: route.clone(),
+                method: method.clone(),
+            })
+            .observe(elapsed.as_secs_f64());
     }
     let latency_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
     span.in_scope(|| {

@@ -24,11 +24,7 @@ pub async fn run_pass(
     let pass = match &outcome {
         Ok(PassOutcome::Ran(lines)) => {
             for line in lines {
-                metrics.inc(
-                    "calls_reconciled_total",
-                    "Stale Calls examined by the reconciler, by result",
-                    vec![("result", line.result.label().to_owned())],
-                );
+                metrics.call_reconciled(line.result.label());
             }
             if !lines.is_empty() {
                 let count =
@@ -47,11 +43,7 @@ pub async fn run_pass(
         Ok(PassOutcome::Skipped) => "skipped",
         Err(_) => "error",
     };
-    metrics.inc(
-        "reconcile_passes_total",
-        "Stale-call reconciliation passes: ran, skipped (another instance held the lock), error",
-        vec![("outcome", pass.to_owned())],
-    );
+    metrics.reconcile_pass(pass);
     outcome
 }
 

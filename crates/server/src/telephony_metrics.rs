@@ -41,17 +41,10 @@ impl Telephony for MeasuredTelephony {
     async fn place_call(&self, call: &OutboundCall) -> Result<PlacedCall, TelephonyError> {
         let started = Instant::now();
         let result = self.inner.place_call(call).await;
-        self.metrics.observe(
-            "elevenlabs_request_duration_seconds",
-            "Latency of outbound-call requests to the telephony provider",
-            vec![],
-            started.elapsed(),
-        );
-        self.metrics.inc(
-            "calls_placed_total",
-            "Outbound calls by outcome",
-            vec![("outcome", outcome(&result).to_owned())],
-        );
+        self.metrics
+            .elevenlabs_request_duration
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics.call_placed(outcome(&result));
         result
     }
 

@@ -1,13 +1,13 @@
 use actix_web::{HttpResponse, web};
 
-use crate::metrics::Gauge;
+use crate::metrics::StateLabel;
 use crate::startup::AppState;
 
 /// Prometheus text format: HTTP, webhook outcomes, calls placed, ElevenLabs latency, pool, retries.
 #[utoipa::path(get, path = "/metrics", tag = "operations",
-    responses((status = 200, description = "Prometheus text exposition format", content_type = "text/plain")))]
+    responses((status = 200, description = "Prometheus text exposition format", content_type = "application/openmetrics-text")))]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
-    let mut gauges = Vec::new();
+    let m = &state.metrics;
     if let Some(pool) = &state.pool {
         let stats = pool.stats();
         for (label, value) in [
@@ -16,30 +16,18 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
             ("in_use", stats.in_use),
             ("idle", stats.available),
         ] {
-            gauges.push(Gauge {
-                name: "db_pool_connections",
-                kind: "gauge",
-                help: "Database pool connections by state",
-                labels: vec![("state", label.to_owned())],
-                value: value as f64,
-            });
+            m.db_pool_connections
+                .get_or_create(&StateLabel { state: label })
+                .set(i64::try_from(value).unwrap_or(i64::MAX));
         }
-        gauges.push(Gauge {
-            name: "db_pool_waiters",
-            kind: "gauge",
-            help: "Requests waiting for a database connection",
-            labels: vec![],
-            value: stats.waiting as f64,
-        });
+        m.db_pool_waiters
+            .set(i64::try_from(stats.waiting).unwrap_or(i64::MAX));
     }
-    gauges.push(Gauge {
-        name: "db_retries_total",
-        kind: "counter",
-        help: "Database operations retried after a transient failure",
-        labels: vec![],
-        value: calls_store_postgres::retries_taken() as f64,
-    });
+    // The store counts retries process-wide; bring the counter up to its total.
+    let total = calls_store_postgres::retries_taken();
+    m.db_retries
+        .inc_by(total.saturating_sub(m.db_retries.get()));
     HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(state.metrics.render(&gauges))
+        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+        .body(m.render())
 }

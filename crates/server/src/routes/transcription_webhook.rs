@@ -21,11 +21,7 @@ pub struct TranscriptionSaved {
 }
 
 fn outcome(state: &AppState, outcome: &'static str) {
-    state.metrics.inc(
-        "webhook_transcription_outcomes_total",
-        "Transcription webhook deliveries by outcome",
-        vec![("outcome", outcome.to_owned())],
-    );
+    state.metrics.webhook_outcome(outcome);
 }
 
 /// Store one dialogue turn for our call_sid (call_sid → Call → conversation_id → turn).

@@ -1,3 +1,4 @@
+use calls_server::metrics::OutcomeLabel;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -521,11 +522,13 @@ async fn calls_placed_are_counted_by_outcome() {
     .await;
 
     let m = &app.state.metrics;
-    assert_eq!(m.counter("calls_placed_total", &[("outcome", "placed")]), 1);
-    assert_eq!(
-        m.counter("calls_placed_total", &[("outcome", "rate_limited")]),
-        1
-    );
+    let placed = |outcome| {
+        m.calls_placed
+            .get_or_create(&OutcomeLabel { outcome })
+            .get()
+    };
+    assert_eq!(placed("placed"), 1);
+    assert_eq!(placed("rate_limited"), 1);
     let text = app.get("/metrics").await.text().await.expect("text");
     assert!(
         text.contains("elevenlabs_request_duration_seconds_count 2"),

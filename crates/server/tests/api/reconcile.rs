@@ -99,10 +99,12 @@ impl TestApp {
             .unwrap_or_default()
     }
 
-    fn reconciled(&self, result: &str) -> u64 {
+    fn reconciled(&self, result: &'static str) -> u64 {
         self.state
             .metrics
-            .counter("calls_reconciled_total", &[("result", result)])
+            .calls_reconciled
+            .get_or_create(&calls_server::metrics::ResultLabel { result })
+            .get()
     }
 }
 

@@ -463,15 +463,19 @@ async fn webhook_outcomes_are_counted() {
         .await;
 
     let m = &app.state.metrics;
-    let name = "webhook_transcription_outcomes_total";
-    assert_eq!(m.counter(name, &[("outcome", "stored")]), 1);
-    assert_eq!(m.counter(name, &[("outcome", "duplicate")]), 1);
-    assert_eq!(m.counter(name, &[("outcome", "unknown_call")]), 1);
-    assert_eq!(m.counter(name, &[("outcome", "unauthenticated")]), 1);
-    assert!(
-        m.counter(
-            "http_requests_total",
-            &[("route", "/webhooks/elevenlabs/transcription")]
-        ) >= 4
-    );
+    let outcome = |outcome| {
+        m.webhook_transcription_outcomes
+            .get_or_create(&calls_server::metrics::OutcomeLabel { outcome })
+            .get()
+    };
+    assert_eq!(outcome("stored"), 1);
+    assert_eq!(outcome("duplicate"), 1);
+    assert_eq!(outcome("unknown_call"), 1);
+    assert_eq!(outcome("unauthenticated"), 1);
+    let created = calls_server::metrics::HttpLabels {
+        route: "/webhooks/elevenlabs/transcription".into(),
+        method: "POST".into(),
+        status: 201,
+    };
+    assert_eq!(m.http_requests.get_or_create(&created).get(), 1);
 }
