@@ -14,7 +14,7 @@ pub use batch::{
 pub use call::{Call, CallStatus, NewCall, UnknownCallStatus};
 pub use call_sid::{CallSid, CallSidError};
 pub use conversation_id::{ConversationId, ConversationIdError};
-pub use phone_number::{InvalidPhoneNumber, PhoneNumber, mask};
+pub use phone_number::{InvalidPhoneNumber, PhoneNumber, mask_phone_numbers};
 pub use transcription::{
     CallTranscription, NewTurn, Speaker, SpeakerType, TurnParseError, UnknownSpeaker,
     parse_timestamp,

@@ -8,4 +8,4 @@ pub mod record_turn;
 pub use place_calls::{BatchOutcome, DriverCallResult, PlaceCalls, PlaceCallsError};
 pub use post_call::{ApplyPostCall, EventTurn, PostCallError, PostCallEvent, PostCallOutcome};
 pub use prompt::CallContext;
-pub use record_turn::{RecordTurn, RecordTurnError};
+pub use record_turn::{NotFoundReason, RecordTurn, RecordTurnError};

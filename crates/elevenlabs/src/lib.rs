@@ -8,7 +8,9 @@ mod simulated;
 mod wire;
 
 pub use client::{DEFAULT_BASE_URL, ElevenLabsBuildError, ElevenLabsConfig, ElevenLabsTelephony};
-pub use signature::{DEFAULT_TOLERANCE_SECS, SIGNATURE_HEADER, SignatureError, sign, verify};
+pub use signature::{
+    DEFAULT_TOLERANCE_SECS, SIGNATURE_HEADER, SignatureError, check_header, sign, verify,
+};
 pub use simulated::{
     POST_CALL_PATH, SimulatedBuildError, SimulatedConfig, SimulatedTelephony, TRANSCRIPTION_PATH,
     UNREACHABLE_SUFFIX,

@@ -153,7 +153,7 @@ impl From<RecordTurnError> for ApiError {
     fn from(e: RecordTurnError) -> Self {
         match &e {
             RecordTurnError::CallNotFound { call_sid, .. } => Self::bad_request(
-                e.to_string(),
+                format!("Call record not found or incomplete for call_sid: {call_sid}"),
                 format!(
                     "Cannot save transcription - Call record not found for call_sid: {call_sid}"
                 ),

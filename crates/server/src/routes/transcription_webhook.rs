@@ -102,7 +102,7 @@ async fn handle(
         let field = match e {
             TurnParseError::CallSid(_) => "call_sid",
             TurnParseError::Speaker(_) => "speaker",
-            TurnParseError::EmptyMessage => "message",
+            TurnParseError::EmptyMessage | TurnParseError::NulInMessage => "message",
             TurnParseError::Timestamp(_) => "timestamp",
         };
         ApiError::bad_request(
