@@ -64,6 +64,15 @@ pub struct DbArgs {
     /// Connections in the pool.
     #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 10)]
     pub database_pool_size: usize,
+    /// How long a request waits for a free pooled connection (then 500, not retried).
+    #[arg(long, env = "DATABASE_POOL_WAIT_MS", default_value_t = 2_000)]
+    pub database_pool_wait_ms: u64,
+    /// `statement_timeout` of every pooled connection.
+    #[arg(long, env = "DATABASE_STATEMENT_TIMEOUT_MS", default_value_t = 5_000)]
+    pub database_statement_timeout_ms: u64,
+    /// `lock_timeout` of every pooled connection.
+    #[arg(long, env = "DATABASE_LOCK_TIMEOUT_MS", default_value_t = 2_000)]
+    pub database_lock_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -87,8 +87,27 @@ pub fn database_config(
         missing.push("DATABASE_URL");
         return Ok(None);
     };
+    for (name, value) in [
+        ("DATABASE_POOL_WAIT_MS", args.database_pool_wait_ms),
+        (
+            "DATABASE_STATEMENT_TIMEOUT_MS",
+            args.database_statement_timeout_ms,
+        ),
+        ("DATABASE_LOCK_TIMEOUT_MS", args.database_lock_timeout_ms),
+    ] {
+        if value == 0 {
+            // 0 would mean "wait forever" to PostgreSQL and deadpool alike.
+            return Err(ConfigError::Invalid {
+                name,
+                reason: "must be at least 1".into(),
+            });
+        }
+    }
     let mut config = DbConfig::new(url, schema);
     config.pool_size = args.database_pool_size;
+    config.wait_timeout = Duration::from_millis(args.database_pool_wait_ms);
+    config.statement_timeout = Duration::from_millis(args.database_statement_timeout_ms);
+    config.lock_timeout = Duration::from_millis(args.database_lock_timeout_ms);
     Ok(Some(config))
 }
 
