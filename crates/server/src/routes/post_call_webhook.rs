@@ -7,11 +7,10 @@ use calls_domain::SpeakerType;
 use calls_domain::service::{EventTurn, PostCallError, PostCallEvent, PostCallOutcome};
 use calls_domain::{CallSid, ConversationId};
 use serde_json::{Map, Value, json};
-use time::OffsetDateTime;
 
-use crate::auth::{WebhookAuth, verify_webhook};
+use crate::auth::{PostCallHook, VerifiedWebhook};
+use crate::body::{parse_json_object, require_json};
 use crate::errors::ApiError;
-use crate::routes::{parse_json_object, read_body, require_json};
 use crate::startup::AppState;
 
 fn ok(message: String) -> HttpResponse {
@@ -76,25 +75,18 @@ fn int(value: Option<&Value>) -> Option<i64> {
         (status = 200, description = "Event applied or acknowledged", body = crate::openapi::Ack),
         (status = 400, description = "Malformed event", body = crate::openapi::ErrorBody),
         (status = 401, description = "Missing or invalid ElevenLabs-Signature", body = crate::openapi::ErrorBody),
+        (status = 408, description = "The body did not arrive within the body read timeout", body = crate::openapi::ErrorBody),
+        (status = 413, description = "Body larger than POST_CALL_MAX_BODY_BYTES", body = crate::openapi::ErrorBody),
+        (status = 415, description = "Not application/json", body = crate::openapi::ErrorBody),
         (status = 500, description = "Database unavailable after retries", body = crate::openapi::ErrorBody),
     ),
     security(("elevenlabs_signature" = []))
 )]
 pub async fn receive(
     req: HttpRequest,
-    payload: web::Payload,
+    body: VerifiedWebhook<PostCallHook>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    // post_call_audio events can be large; they are acknowledged without being kept.
-    let limit = state.settings.max_body_bytes.max(16 * 1024 * 1024);
-    let body = read_body(&req, payload, limit).await?;
-    verify_webhook(
-        &req,
-        &body,
-        state.settings.webhook_secret.as_ref(),
-        WebhookAuth::SignatureOnly,
-        OffsetDateTime::now_utc().unix_timestamp(),
-    )?;
     require_json(&req)?;
     let object = parse_json_object(&body)?;
     let kind = object
