@@ -77,8 +77,13 @@ pub fn routes() -> Vec<RouteSpec> {
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     let all = routes();
-    let mut paths: Vec<&'static str> = all.iter().map(|r| r.path).collect();
-    paths.dedup();
+    // One resource per path (in table order), so a 405 can name every method it serves.
+    let mut paths: Vec<&'static str> = Vec::new();
+    for route in &all {
+        if !paths.contains(&route.path) {
+            paths.push(route.path);
+        }
+    }
     for path in paths {
         let here: Vec<&RouteSpec> = all.iter().filter(|r| r.path == path).collect();
         let allow = here.iter().map(|r| r.method).collect::<Vec<_>>().join(", ");
