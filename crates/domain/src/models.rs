@@ -22,7 +22,7 @@ pub use call_sid::{CallSid, CallSidError};
 pub use conversation::{ConversationReport, EventTurn};
 pub use conversation_id::{ConversationId, ConversationIdError};
 pub use outcome::CallOutcome;
-pub use phone_number::{InvalidPhoneNumber, PhoneNumber, mask};
+pub use phone_number::{InvalidPhoneNumber, PhoneNumber, mask_phone_numbers};
 pub use transcription::{
     CallTranscription, NewTurn, Speaker, SpeakerType, TurnParseError, UnknownSpeaker,
     parse_timestamp,

@@ -13,4 +13,4 @@ pub use prompt::CallContext;
 pub use reconcile_stale::{
     PassOutcome, ReconcileError, ReconcileResult, ReconcileSettings, ReconcileStale, Reconciled,
 };
-pub use record_turn::{RecordTurn, RecordTurnError};
+pub use record_turn::{NotFoundReason, RecordTurn, RecordTurnError};

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use calls_domain::ConversationId;
+use calls_domain::models::mask_phone_numbers;
 use calls_domain::ports::{ConversationState, OutboundCall, PlacedCall, Telephony, TelephonyError};
 use reqwest::header::{CONTENT_TYPE, HeaderValue};
 use reqwest::{StatusCode, Url};
@@ -339,11 +340,13 @@ impl ElevenLabsTelephony {
     /// API key or the driver's full number, and keep it short.
     fn clean(&self, text: &str, call: &OutboundCall) -> String {
         let mut text = text.replace(&self.config.api_key, "[redacted]");
+        // The number we dialed even where it is glued to other text, then any number in
+        // any form (providers reformat it: `15551234567`, `(555) 123-4567`).
         let number = call.to_number.as_str();
         if !number.is_empty() {
             text = text.replace(number, &call.to_number.masked());
         }
-        truncate_chars(&text, MAX_DETAIL_CHARS)
+        truncate_chars(&mask_phone_numbers(&text), MAX_DETAIL_CHARS)
     }
 }
 

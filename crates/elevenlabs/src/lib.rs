@@ -12,7 +12,9 @@ pub use client::{DEFAULT_BASE_URL, ElevenLabsBuildError, ElevenLabsConfig, Eleve
 pub use conversation::{
     ConversationAnswer, PayloadError, PostCallWebhook, parse_conversation, parse_post_call,
 };
-pub use signature::{DEFAULT_TOLERANCE_SECS, SIGNATURE_HEADER, SignatureError, sign, verify};
+pub use signature::{
+    DEFAULT_TOLERANCE_SECS, SIGNATURE_HEADER, SignatureError, check_header, sign, verify,
+};
 pub use simulated::{
     POST_CALL_PATH, SimulatedBuildError, SimulatedConfig, SimulatedTelephony, TRANSCRIPTION_PATH,
     UNREACHABLE_SUFFIX,

@@ -48,6 +48,33 @@ pub fn verify(
     now: i64,
     tolerance_secs: i64,
 ) -> Result<(), SignatureError> {
+    let (timestamp, v0) = checked(header, now, tolerance_secs)?;
+    let expected = mac(secret, timestamp, body);
+    let matches = v0.iter().any(|candidate| {
+        // Not hex cannot match; it does not make the whole header unusable.
+        hex::decode(candidate)
+            .map(|bytes| expected.clone().verify_slice(&bytes).is_ok())
+            .unwrap_or(false)
+    });
+    if matches {
+        Ok(())
+    } else {
+        Err(SignatureError::Mismatch)
+    }
+}
+
+/// The checks that need no body: the header is well formed, carries a `v0` entry, and its
+/// timestamp is within `tolerance_secs` of `now`. A server can refuse a request with this
+/// before reading its body; [`verify`] repeats these checks and compares the HMAC.
+pub fn check_header(header: &str, now: i64, tolerance_secs: i64) -> Result<(), SignatureError> {
+    checked(header, now, tolerance_secs).map(|_| ())
+}
+
+fn checked(
+    header: &str,
+    now: i64,
+    tolerance_secs: i64,
+) -> Result<(i64, Vec<&str>), SignatureError> {
     let parsed = parse(header)?;
     let timestamp = parsed.timestamp.ok_or(SignatureError::MissingTimestamp)?;
     if parsed.v0.is_empty() {
@@ -60,18 +87,7 @@ pub fn verify(
     if age < tolerance_secs.saturating_neg() {
         return Err(SignatureError::FutureSkewed);
     }
-    let expected = mac(secret, timestamp, body);
-    let matches = parsed.v0.iter().any(|candidate| {
-        // Not hex cannot match; it does not make the whole header unusable.
-        hex::decode(candidate)
-            .map(|bytes| expected.clone().verify_slice(&bytes).is_ok())
-            .unwrap_or(false)
-    });
-    if matches {
-        Ok(())
-    } else {
-        Err(SignatureError::Mismatch)
-    }
+    Ok((timestamp, parsed.v0))
 }
 
 struct ParsedHeader<'a> {
@@ -193,6 +209,24 @@ mod tests {
         assert_eq!(
             verify(SECRET, &far, BODY, i64::MIN, 1800),
             Err(SignatureError::FutureSkewed)
+        );
+    }
+
+    #[test]
+    fn the_header_alone_is_checked_without_a_body() {
+        let header = format!("t={T},v0={V0}");
+        assert_eq!(check_header(&header, T, 1800), Ok(()));
+        assert_eq!(
+            check_header(&header, T + 1801, 1800),
+            Err(SignatureError::Stale)
+        );
+        assert_eq!(
+            check_header(&format!("t={T}"), T, 1800),
+            Err(SignatureError::NoV0)
+        );
+        assert_eq!(
+            check_header("nonsense", T, 1800),
+            Err(SignatureError::Malformed)
         );
     }
 

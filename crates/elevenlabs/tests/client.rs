@@ -137,7 +137,7 @@ async fn a_fastapi_validation_error_is_rejected_with_a_short_detail() {
         422,
         json!({"detail": [
             {"loc": ["body", "agent_phone_number_id"], "msg": "Field required", "type": "missing"},
-            {"loc": ["body", "to_number"], "msg": "Invalid number +15551234567", "type": "value_error", "input": "+15551234567"}
+            {"loc": ["body", "to_number"], "msg": "Invalid number +15551234567; also 15551234567 or (555) 123-4567", "type": "value_error", "input": "+15551234567"}
         ]}),
     ))
     .await
@@ -148,7 +148,7 @@ async fn a_fastapi_validation_error_is_rejected_with_a_short_detail() {
     assert_eq!(status, 422);
     assert_eq!(
         detail,
-        "body.agent_phone_number_id: Field required; body.to_number: Invalid number +1555***4567"
+        "body.agent_phone_number_id: Field required; body.to_number: Invalid number +*******4567; also *******4567 or (***) ***-4567"
     );
 }
 

@@ -1,27 +1,59 @@
-//! Authentication: bearer `API_TOKEN` for the APIs; `WEBHOOK_SECRET` for webhooks, as an
-//! ElevenLabs HMAC signature or (transcription webhook only) a bearer token, because an
-//! ElevenLabs webhook tool can only attach a static header. Comparisons are constant time.
+//! Authentication as extractors, so a handler's signature says what it requires:
+//!
+//! - [`ApiToken`]: `Authorization: Bearer <API_TOKEN>` for the batch and reading APIs.
+//! - [`VerifiedWebhook`]: a webhook body that passed `WEBHOOK_SECRET`, either as an
+//!   ElevenLabs HMAC signature or (transcription webhook only) as a bearer token, because an
+//!   ElevenLabs webhook tool can only attach a static header.
+//!
+//! Checks that need only headers run before any body byte is read, so unauthenticated
+//! clients cannot make the server buffer bodies. Comparisons are constant time.
 
 use actix_web::HttpRequest;
 use actix_web::http::header;
-use calls_elevenlabs::signature::{self, SignatureError};
+use calls_elevenlabs::signature::SignatureError;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::config::Secret;
-use crate::errors::ApiError;
+mod api_token;
+mod webhook;
 
-/// ElevenLabs rejects signatures older than 30 minutes; we also refuse ones from the future.
-pub const SIGNATURE_TOLERANCE_SECS: i64 = 30 * 60;
-pub const SIGNATURE_HEADER: &str = "ElevenLabs-Signature";
+pub use api_token::ApiToken;
+pub use webhook::{PostCallHook, TranscriptionHook, VerifiedWebhook, WebhookAuth, WebhookEndpoint};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WebhookAuth {
-    /// The signature or the bearer secret.
-    SignatureOrBearer,
-    SignatureOnly,
+/// Why a request was refused with 401; the text is the envelope's `details`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("Missing Authorization: Bearer <API_TOKEN> header")]
+    MissingApiToken,
+    #[error("Invalid API token")]
+    InvalidApiToken,
+    #[error("Missing ElevenLabs-Signature header or Authorization: Bearer <WEBHOOK_SECRET>")]
+    MissingWebhookCredentials,
+    #[error("Missing ElevenLabs-Signature header")]
+    MissingSignature,
+    #[error("Invalid webhook secret")]
+    InvalidWebhookSecret,
+    #[error("Malformed ElevenLabs-Signature header")]
+    MalformedSignature,
+    #[error("Signature timestamp outside the 30-minute tolerance")]
+    StaleSignature,
+    #[error("Signature does not match the body")]
+    SignatureMismatch,
 }
 
+impl From<SignatureError> for AuthError {
+    fn from(e: SignatureError) -> Self {
+        match e {
+            SignatureError::Stale | SignatureError::FutureSkewed => Self::StaleSignature,
+            SignatureError::Mismatch => Self::SignatureMismatch,
+            SignatureError::Malformed | SignatureError::MissingTimestamp | SignatureError::NoV0 => {
+                Self::MalformedSignature
+            }
+        }
+    }
+}
+
+/// The token of `Authorization: Bearer <token>`, if that header has that form.
 fn bearer(req: &HttpRequest) -> Option<&str> {
     let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.trim().split_once(' ')?;
@@ -39,67 +71,6 @@ fn constant_time_eq(provided: &str, expected: &str) -> bool {
     };
     let expected_tag = mac(expected).finalize().into_bytes();
     mac(provided).verify_slice(&expected_tag).is_ok()
-}
-
-/// `Authorization: Bearer <API_TOKEN>`. With no token configured (development mode) the
-/// API is open.
-pub fn require_api_token(req: &HttpRequest, token: Option<&Secret>) -> Result<(), ApiError> {
-    let Some(token) = token else { return Ok(()) };
-    match bearer(req) {
-        Some(provided) if constant_time_eq(provided, token.expose()) => Ok(()),
-        Some(_) => Err(ApiError::unauthorized("Invalid API token")),
-        None => Err(ApiError::unauthorized(
-            "Missing Authorization: Bearer <API_TOKEN> header",
-        )),
-    }
-}
-
-/// Checks a webhook before its body is parsed; `body` must be the raw bytes as received.
-pub fn verify_webhook(
-    req: &HttpRequest,
-    body: &[u8],
-    secret: Option<&Secret>,
-    mode: WebhookAuth,
-    now_unix: i64,
-) -> Result<(), ApiError> {
-    let Some(secret) = secret else { return Ok(()) };
-    if let Some(header_value) = req.headers().get(SIGNATURE_HEADER) {
-        let header_value = header_value
-            .to_str()
-            .map_err(|_| ApiError::unauthorized("Malformed ElevenLabs-Signature header"))?;
-        return signature::verify(
-            secret.expose(),
-            header_value,
-            body,
-            now_unix,
-            SIGNATURE_TOLERANCE_SECS,
-        )
-        .map_err(|e| {
-            tracing::warn!(reason = %e, "webhook signature rejected");
-            ApiError::unauthorized(match e {
-                SignatureError::Stale | SignatureError::FutureSkewed => {
-                    "Signature timestamp outside the 30-minute tolerance"
-                }
-                SignatureError::Mismatch => "Signature does not match the body",
-                _ => "Malformed ElevenLabs-Signature header",
-            })
-        });
-    }
-    if mode == WebhookAuth::SignatureOrBearer {
-        if let Some(provided) = bearer(req) {
-            return if constant_time_eq(provided, secret.expose()) {
-                Ok(())
-            } else {
-                Err(ApiError::unauthorized("Invalid webhook secret"))
-            };
-        }
-    }
-    Err(ApiError::unauthorized(match mode {
-        WebhookAuth::SignatureOrBearer => {
-            "Missing ElevenLabs-Signature header or Authorization: Bearer <WEBHOOK_SECRET>"
-        }
-        WebhookAuth::SignatureOnly => "Missing ElevenLabs-Signature header",
-    }))
 }
 
 #[cfg(test)]

@@ -67,6 +67,15 @@ pub struct DbArgs {
     /// Connections in the pool.
     #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 10)]
     pub database_pool_size: usize,
+    /// How long a request waits for a free pooled connection (then 500, not retried).
+    #[arg(long, env = "DATABASE_POOL_WAIT_MS", default_value_t = 2_000)]
+    pub database_pool_wait_ms: u64,
+    /// `statement_timeout` of every pooled connection.
+    #[arg(long, env = "DATABASE_STATEMENT_TIMEOUT_MS", default_value_t = 5_000)]
+    pub database_statement_timeout_ms: u64,
+    /// `lock_timeout` of every pooled connection.
+    #[arg(long, env = "DATABASE_LOCK_TIMEOUT_MS", default_value_t = 2_000)]
+    pub database_lock_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -119,9 +128,18 @@ pub struct ServeArgs {
     /// Drivers of one batch dialed at once.
     #[arg(long, env = "CALL_CONCURRENCY", default_value_t = 8)]
     pub call_concurrency: usize,
-    /// Largest accepted request body, in bytes.
-    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    /// Largest accepted body of the batch-call API, in bytes (about 400 per driver).
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// Largest accepted body of the transcription webhook (one dialogue turn), in bytes.
+    #[arg(long, env = "TRANSCRIPTION_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    pub transcription_max_body_bytes: usize,
+    /// Largest accepted body of the post-call webhook (a whole transcript), in bytes.
+    #[arg(long, env = "POST_CALL_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub post_call_max_body_bytes: usize,
+    /// How long reading one request body may take (then 408).
+    #[arg(long, env = "BODY_READ_TIMEOUT_SECS", default_value_t = 10)]
+    pub body_read_timeout_secs: u64,
     /// Run without WEBHOOK_SECRET / API_TOKEN: endpoints without a secret are open.
     /// For local development only.
     #[arg(long, env = "INSECURE_DEV", default_value_t = false)]

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use calls_store_postgres::{DbConfig, SchemaName};
 
+use crate::body::BodyLimits;
 use crate::cli::{DbArgs, ServeArgs, TelephonyKind};
 
 #[derive(Debug, thiserror::Error)]
@@ -61,7 +62,8 @@ pub struct Settings {
     pub dispatcher_name: String,
     pub public_base_url: String,
     pub call_concurrency: usize,
-    pub max_body_bytes: usize,
+    pub body_limits: BodyLimits,
+    pub body_read_timeout: Duration,
     pub insecure_dev: bool,
     /// Time between two stale-call passes; `None`: no timer.
     pub reconcile_interval: Option<Duration>,
@@ -101,8 +103,27 @@ pub fn database_config(
         missing.push("DATABASE_URL");
         return Ok(None);
     };
+    for (name, value) in [
+        ("DATABASE_POOL_WAIT_MS", args.database_pool_wait_ms),
+        (
+            "DATABASE_STATEMENT_TIMEOUT_MS",
+            args.database_statement_timeout_ms,
+        ),
+        ("DATABASE_LOCK_TIMEOUT_MS", args.database_lock_timeout_ms),
+    ] {
+        if value == 0 {
+            // 0 would mean "wait forever" to PostgreSQL and deadpool alike.
+            return Err(ConfigError::Invalid {
+                name,
+                reason: "must be at least 1".into(),
+            });
+        }
+    }
     let mut config = DbConfig::new(url, schema);
     config.pool_size = args.database_pool_size;
+    config.wait_timeout = Duration::from_millis(args.database_pool_wait_ms);
+    config.statement_timeout = Duration::from_millis(args.database_statement_timeout_ms);
+    config.lock_timeout = Duration::from_millis(args.database_lock_timeout_ms);
     Ok(Some(config))
 }
 
@@ -192,7 +213,13 @@ impl Settings {
             dispatcher_name: args.dispatcher_name.clone(),
             public_base_url,
             call_concurrency: args.call_concurrency,
-            max_body_bytes: args.max_body_bytes.max(1024),
+            // Below 1 KiB not even a valid request fits.
+            body_limits: BodyLimits {
+                transcription: args.transcription_max_body_bytes.max(1024),
+                batch: args.max_body_bytes.max(1024),
+                post_call: args.post_call_max_body_bytes.max(1024),
+            },
+            body_read_timeout: Duration::from_secs(args.body_read_timeout_secs.max(1)),
             insecure_dev: args.insecure_dev,
             reconcile_interval: (args.reconcile_interval_secs > 0)
                 .then(|| Duration::from_secs(args.reconcile_interval_secs)),
@@ -251,6 +278,50 @@ mod tests {
         let debug = format!("{settings:?}");
         assert!(!debug.contains("topsecret"), "{debug}");
         assert!(!debug.contains("dbpass"), "{debug}");
+    }
+
+    /// Read from clap's declared defaults, so the environment cannot interfere.
+    #[test]
+    fn the_cli_defaults_are_the_documented_limits_and_timeouts() {
+        let command = <crate::cli::Cli as clap::CommandFactory>::command();
+        let default = |id: &str| -> u64 {
+            let arg = command
+                .get_arguments()
+                .find(|a| a.get_id() == id)
+                .unwrap_or_else(|| panic!("{id} is an argument"));
+            arg.get_default_values()[0]
+                .to_str()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{id} has a numeric default"))
+        };
+        let limits = BodyLimits::default();
+        let as_u64 = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+        assert_eq!(
+            default("transcription_max_body_bytes"),
+            as_u64(limits.transcription)
+        );
+        assert_eq!(default("max_body_bytes"), as_u64(limits.batch));
+        assert_eq!(
+            default("post_call_max_body_bytes"),
+            as_u64(limits.post_call)
+        );
+        assert_eq!(
+            default("body_read_timeout_secs"),
+            crate::body::DEFAULT_BODY_READ_TIMEOUT.as_secs()
+        );
+        let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        assert_eq!(
+            default("database_pool_wait_ms"),
+            millis(calls_store_postgres::DEFAULT_POOL_WAIT)
+        );
+        assert_eq!(
+            default("database_statement_timeout_ms"),
+            millis(calls_store_postgres::DEFAULT_STATEMENT_TIMEOUT)
+        );
+        assert_eq!(
+            default("database_lock_timeout_ms"),
+            millis(calls_store_postgres::DEFAULT_LOCK_TIMEOUT)
+        );
     }
 
     #[test]

@@ -1,81 +1,128 @@
 //! One error type for every HTTP failure, rendered as the SPEC envelope
-//! `{"status":"error","message":…,"details":…}`. Which type to use where:
-//! handlers return `Result<_, ApiError>`; domain and port errors reach it through `From`
-//! impls with an explicit status; internal causes are logged here with their chain and
-//! never sent to the client.
+//! `{"status":"error","message":…,"details":…}`.
+//!
+//! Handlers and extractors return `Result<_, ApiError>`. Each error type of a lower layer
+//! reaches it through one `From` impl below, which is the only place that chooses its HTTP
+//! status, its message and its [`ErrorKind`] (the label of the outcome metrics). Internal
+//! causes are logged here with their chain and never sent to the client.
 
 use std::fmt;
 
 use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpResponse, ResponseError};
-use calls_domain::RepositoryError;
-use calls_domain::service::RecordTurnError;
+use calls_domain::models::InvalidBatch;
+use calls_domain::service::{PlaceCallsError, PostCallError, RecordTurnError};
+use calls_domain::{CallSid, RepositoryError, TurnParseError};
+
+use crate::auth::AuthError;
+use crate::body::BodyError;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
-#[derive(Debug, serde::Serialize)]
+/// The error envelope every failure uses.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = ErrorBody, example = json!({"status": "error", "message": "Call record not found or incomplete for call_sid: EL_INVALID_999", "details": "Cannot save transcription - Call record not found for call_sid: EL_INVALID_999"}))]
 pub struct ErrorEnvelope<'a> {
+    /// Always `error`.
     pub status: &'static str,
     pub message: &'a str,
     pub details: &'a str,
 }
 
+/// What kind of failure, for outcome metrics: chosen with the status, in the same place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// No or wrong credentials (401).
+    Unauthenticated,
+    /// The request itself is wrong: bad input, too large, wrong content type, too slow,
+    /// unknown route or method.
+    Invalid,
+    /// A well-formed call_sid that no Call can take a turn for.
+    UnknownCall,
+    /// A resource that does not exist (404).
+    NotFound,
+    /// The request conflicts with what exists (409).
+    Conflict,
+    /// The database could not serve the request in time.
+    Unavailable,
+    /// A bug or a broken invariant.
+    Internal,
+}
+
+impl ErrorKind {
+    /// The `outcome` label of `webhook_transcription_outcomes_total`.
+    pub fn outcome_label(self) -> &'static str {
+        match self {
+            Self::Unauthenticated => "unauthenticated",
+            Self::UnknownCall => "unknown_call",
+            Self::Invalid | Self::NotFound | Self::Conflict => "invalid",
+            Self::Unavailable | Self::Internal => "error",
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
+    kind: ErrorKind,
     message: String,
     details: String,
+    /// The `Allow` header of a 405.
+    allow: Option<String>,
 }
 
 pub const DB_UNAVAILABLE_MESSAGE: &str = "Database connection error. Please retry.";
 pub const DB_UNAVAILABLE_DETAILS: &str = "Database temporarily unavailable";
 
 impl ApiError {
-    pub fn new(status: StatusCode, message: impl Into<String>, details: impl Into<String>) -> Self {
+    pub fn new(
+        status: StatusCode,
+        kind: ErrorKind,
+        message: impl Into<String>,
+        details: impl Into<String>,
+    ) -> Self {
         Self {
             status,
+            kind,
             message: message.into(),
             details: details.into(),
+            allow: None,
         }
     }
 
     pub fn bad_request(message: impl Into<String>, details: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, message, details)
-    }
-
-    pub fn unauthorized(details: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "Unauthorized", details)
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            ErrorKind::Invalid,
+            message,
+            details,
+        )
     }
 
     pub fn not_found(message: impl Into<String>, details: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, message, details)
+        Self::new(StatusCode::NOT_FOUND, ErrorKind::NotFound, message, details)
     }
 
-    pub fn conflict(message: impl Into<String>, details: impl Into<String>) -> Self {
-        Self::new(StatusCode::CONFLICT, message, details)
+    /// A method the route does not serve; `allow` lists the ones it does.
+    pub fn method_not_allowed(method: &str, path: &str, allow: &str) -> Self {
+        let mut e = Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            ErrorKind::Invalid,
+            "Method not allowed",
+            format!("{method} is not supported on {path}; use {allow}"),
+        );
+        e.allow = Some(allow.to_owned());
+        e
     }
 
-    pub fn payload_too_large(limit: usize) -> Self {
-        Self::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "Request body too large",
-            format!("The body must be at most {limit} bytes"),
-        )
-    }
-
-    pub fn unsupported_media_type() -> Self {
-        Self::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "Unsupported content type",
-            "Send the body as JSON with Content-Type: application/json",
-        )
-    }
-
-    /// The database stayed unreachable through the repository's retries.
+    /// The database stayed unreachable through the repository's retries, or could not
+    /// serve in time.
     pub fn db_unavailable(cause: &dyn std::error::Error) -> Self {
         tracing::error!(error.message = %cause, error.cause_chain = ?ChainDebug(cause), "database unavailable");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorKind::Unavailable,
             DB_UNAVAILABLE_MESSAGE,
             DB_UNAVAILABLE_DETAILS,
         )
@@ -86,6 +133,7 @@ impl ApiError {
         tracing::error!(error.message = %cause, error.cause_chain = ?ChainDebug(cause), "internal error");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorKind::Internal,
             "Internal server error",
             "An unexpected error occurred; the request id identifies it in the server log",
         )
@@ -93,6 +141,10 @@ impl ApiError {
 
     pub fn status(&self) -> StatusCode {
         self.status
+    }
+
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
     }
 
     pub fn message(&self) -> &str {
@@ -127,7 +179,15 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status).json(ErrorEnvelope {
+        let mut response = HttpResponse::build(self.status);
+        if let Some(allow) = self
+            .allow
+            .as_deref()
+            .and_then(|a| HeaderValue::from_str(a).ok())
+        {
+            response.insert_header((header::ALLOW, allow));
+        }
+        response.json(ErrorEnvelope {
             status: "error",
             message: &self.message,
             details: &self.details,
@@ -142,24 +202,116 @@ impl From<RepositoryError> for ApiError {
             RepositoryError::Incomplete { .. } => {
                 Self::bad_request("Call record incomplete", e.to_string())
             }
-            RepositoryError::Conflict(detail) => Self::conflict("Conflict", detail.clone()),
+            RepositoryError::Conflict(detail) => Self::new(
+                StatusCode::CONFLICT,
+                ErrorKind::Conflict,
+                "Conflict",
+                detail.clone(),
+            ),
             RepositoryError::Unavailable(_) => Self::db_unavailable(&e),
             RepositoryError::Unexpected(_) => Self::internal(&e),
         }
     }
 }
 
+/// The seed's wording, kept for every reason (unknown, failed, still without or completed
+/// without a conversation_id): ElevenLabs and the dispatcher only need to know the turn
+/// was not stored; the reason is logged by the use case.
+fn call_record_not_found(call_sid: &CallSid) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        ErrorKind::UnknownCall,
+        format!("Call record not found or incomplete for call_sid: {call_sid}"),
+        format!("Cannot save transcription - Call record not found for call_sid: {call_sid}"),
+    )
+}
+
 impl From<RecordTurnError> for ApiError {
     fn from(e: RecordTurnError) -> Self {
         match &e {
-            RecordTurnError::CallNotFound { call_sid, .. } => Self::bad_request(
-                e.to_string(),
-                format!(
-                    "Cannot save transcription - Call record not found for call_sid: {call_sid}"
-                ),
-            ),
+            RecordTurnError::CallNotFound { call_sid, .. } => call_record_not_found(call_sid),
             RecordTurnError::Unavailable(_) => Self::db_unavailable(&e),
             RecordTurnError::Unexpected(_) => Self::internal(&e),
         }
+    }
+}
+
+impl From<TurnParseError> for ApiError {
+    fn from(e: TurnParseError) -> Self {
+        let field = match e {
+            TurnParseError::CallSid(_) => "call_sid",
+            TurnParseError::Speaker(_) => "speaker",
+            TurnParseError::EmptyMessage | TurnParseError::NulInMessage => "message",
+            TurnParseError::Timestamp(_) => "timestamp",
+        };
+        Self::bad_request(
+            format!("Invalid request: invalid field '{field}'"),
+            e.to_string(),
+        )
+    }
+}
+
+impl From<InvalidBatch> for ApiError {
+    fn from(e: InvalidBatch) -> Self {
+        Self::bad_request("Invalid batch request", e.problems.join("; "))
+    }
+}
+
+impl From<PlaceCallsError> for ApiError {
+    fn from(e: PlaceCallsError) -> Self {
+        match &e {
+            PlaceCallsError::AlreadyExists { call_sids } => Self::new(
+                StatusCode::CONFLICT,
+                ErrorKind::Conflict,
+                "Call already exists",
+                format!(
+                    "call_sid already exists (a retried request?); nobody was dialed: {}",
+                    call_sids
+                        .iter()
+                        .map(CallSid::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ),
+            PlaceCallsError::Unavailable(_) => Self::db_unavailable(&e),
+            PlaceCallsError::Unexpected(_) => Self::internal(&e),
+        }
+    }
+}
+
+impl From<PostCallError> for ApiError {
+    fn from(e: PostCallError) -> Self {
+        match &e {
+            PostCallError::Unavailable(_) => Self::db_unavailable(&e),
+            PostCallError::Unexpected(_) => Self::internal(&e),
+        }
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorKind::Unauthenticated,
+            "Unauthorized",
+            e.to_string(),
+        )
+    }
+}
+
+impl From<BodyError> for ApiError {
+    fn from(e: BodyError) -> Self {
+        let (status, message) = match &e {
+            BodyError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "Request body too large"),
+            BodyError::TooSlow { .. } => (StatusCode::REQUEST_TIMEOUT, "Request timeout"),
+            BodyError::Read(_) => (StatusCode::BAD_REQUEST, "Could not read the request body"),
+            BodyError::NotJson => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "Unsupported content type",
+            ),
+            BodyError::Malformed(_) => (StatusCode::BAD_REQUEST, "Malformed JSON"),
+            BodyError::Invalid(_) => (StatusCode::BAD_REQUEST, "Invalid request body"),
+        };
+        Self::new(status, ErrorKind::Invalid, message, e.to_string())
     }
 }

@@ -3,6 +3,7 @@
 //! `calls-elevenlabs`. This crate only wires and translates.
 
 pub mod auth;
+pub mod body;
 pub mod cli;
 pub mod commands;
 pub mod config;
@@ -15,3 +16,4 @@ pub mod routes;
 pub mod startup;
 pub mod telemetry;
 pub mod telephony_metrics;
+pub mod transport;

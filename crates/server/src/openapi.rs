@@ -1,5 +1,6 @@
 //! The OpenAPI 3 document, generated from the handlers' `#[utoipa::path]` annotations and
-//! the response types, served at `/openapi.json`, and an offline docs page at `/docs`.
+//! the wire types themselves (the types that parse a request also document it), served at
+//! `/openapi.json`, and an offline docs page at `/docs`.
 
 use actix_web::HttpResponse;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -7,79 +8,8 @@ use utoipa::{Modify, OpenApi, ToSchema};
 
 use crate::routes;
 
-/// The error envelope every failure uses.
-#[derive(ToSchema)]
-#[schema(example = json!({"status": "error", "message": "Call record not found or incomplete for call_sid: EL_INVALID_999", "details": "Cannot save transcription - Call record not found for call_sid: EL_INVALID_999"}))]
-pub struct ErrorBody {
-    /// Always `error`.
-    pub status: String,
-    pub message: String,
-    pub details: String,
-}
-
-/// One dialogue turn, as the ElevenLabs webhook tool sends it.
-#[derive(ToSchema)]
-#[schema(example = json!({"call_sid": "EL_123_2024-11-21T10:00:00Z", "speaker": "agent", "message": "Hello, how are you doing?", "timestamp": "2024-11-21T10:30:00Z"}))]
-pub struct TranscriptionRequest {
-    /// Our call id, from the `call_sid` dynamic variable.
-    pub call_sid: String,
-    /// `agent` or `user` (stored as `driver`).
-    pub speaker: String,
-    pub message: String,
-    /// ISO 8601 with `Z` or an offset; stored in UTC.
-    pub timestamp: String,
-}
-
-#[derive(ToSchema)]
-pub struct ViolationDetail {
-    #[schema(rename = "type")]
-    pub kind: String,
-    pub description: String,
-}
-
-#[derive(ToSchema)]
-pub struct Violations {
-    #[schema(rename = "tripId")]
-    pub trip_id: String,
-    #[schema(rename = "violationDetails")]
-    pub violation_details: Vec<ViolationDetail>,
-}
-
-#[derive(ToSchema)]
-pub struct DriverData {
-    #[schema(rename = "driverId")]
-    pub driver_id: i64,
-    #[schema(rename = "driverName")]
-    pub driver_name: String,
-    /// Any format the phone-number library can normalise to E.164.
-    #[schema(rename = "phoneNumber")]
-    pub phone_number: String,
-    #[schema(rename = "customRules")]
-    pub custom_rules: Option<String>,
-    pub violations: Violations,
-}
-
-/// The dispatcher's batch (the seed's BatchCallRequest).
-#[derive(ToSchema)]
-#[schema(example = json!({"callType": "violation", "timestamp": "2024-11-21T10:00:00Z", "drivers": [{"driverId": 333, "driverName": "Test Driver", "phoneNumber": "+15551234567", "customRules": "", "violations": {"tripId": "trip_123", "violationDetails": [{"type": "temperature", "description": "Temperature out of range"}]}}]}))]
-pub struct BatchCallRequest {
-    #[schema(rename = "callType")]
-    pub call_type: String,
-    /// Used as given in `call_sid = EL_{driverId}_{timestamp}`.
-    pub timestamp: String,
-    pub drivers: Vec<DriverData>,
-}
-
-/// Per-driver results in request order; with exactly one driver the top level repeats that
-/// call's `call_sid`, `conversation_id`, `callSid`, `driver` and `triggers_count`. A 502 body
-/// also carries the error envelope's `status`, `message` and `details`.
-#[derive(ToSchema)]
-#[schema(example = json!({"message": "Initiated 1 of 1 calls", "timestamp": "2024-11-21T10:00:00Z", "call_sid": "EL_333_2024-11-21T10:00:00Z", "conversation_id": "conv_abc123", "callSid": "CA0123456789abcdef0123456789abcdef", "driver": {"driverId": 333, "driverName": "Test Driver", "phoneNumber": "+15551234567"}, "triggers_count": 1, "calls": [{"call_sid": "EL_333_2024-11-21T10:00:00Z", "conversation_id": "conv_abc123", "callSid": "CA0123456789abcdef0123456789abcdef", "status": "in_progress", "driver": {"driverId": 333, "driverName": "Test Driver", "phoneNumber": "+15551234567"}, "triggers_count": 1}]}))]
-pub struct BatchCallResponse {
-    pub message: String,
-    pub timestamp: String,
-    pub calls: Vec<routes::batch_calls::CallResultView>,
-}
+/// The error envelope, documented as `ErrorBody`; the type is the one that renders it.
+pub use crate::errors::ErrorEnvelope as ErrorBody;
 
 /// ElevenLabs' post-call webhook envelope (`post_call_transcription`,
 /// `call_initiation_failure`; other types are acknowledged and ignored).
@@ -153,7 +83,14 @@ impl Modify for Security {
         openapi_json,
         docs_page,
     ),
-    components(schemas(ErrorBody, TranscriptionRequest, BatchCallRequest, BatchCallResponse, PostCallEventBody, Ack)),
+    components(schemas(
+        ErrorBody,
+        routes::transcription_webhook::TranscriptionRequest,
+        routes::batch_calls::BatchCallRequest,
+        routes::batch_calls::BatchCallResponse,
+        PostCallEventBody,
+        Ack,
+    )),
     modifiers(&Security),
     tags(
         (name = "webhooks", description = "Called by ElevenLabs"),

@@ -1,4 +1,5 @@
 use calls_domain::RepositoryError;
+use deadpool::managed::TimeoutType;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel_async::pooled_connection::deadpool::PoolError;
 
@@ -66,14 +67,29 @@ impl From<crate::models::InvalidRow> for DbError {
     }
 }
 
+/// How a failed attempt should be treated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Failure {
+    /// A later attempt can succeed: no connection could be made, a connection dropped, a
+    /// transaction was aborted (serialization failure, deadlock). Retried.
+    Transient,
+    /// The database is there but cannot serve us in time: the pool stayed full for its
+    /// wait timeout, a row lock was not granted within `lock_timeout`, a statement hit
+    /// `statement_timeout`. Not retried: the caller gets "unavailable" at once instead of
+    /// queueing again behind the same obstacle.
+    Busy,
+    /// A bug or a broken invariant.
+    Permanent,
+}
+
 impl DbError {
-    /// Failures that a later attempt can succeed past: no connection, a dropped connection,
-    /// an aborted (rolled back) transaction.
-    pub(crate) fn is_transient(&self) -> bool {
+    pub(crate) fn failure(&self) -> Failure {
         match self {
-            Self::Pool(e) => !matches!(e, PoolError::Closed | PoolError::NoRuntimeSpecified),
-            Self::Query(e) => is_transient_query_error(e),
-            Self::Domain(_) => false,
+            Self::Pool(PoolError::Timeout(TimeoutType::Wait)) => Failure::Busy,
+            Self::Pool(PoolError::Closed | PoolError::NoRuntimeSpecified) => Failure::Permanent,
+            Self::Pool(_) => Failure::Transient,
+            Self::Query(e) => query_failure(e),
+            Self::Domain(_) => Failure::Permanent,
         }
     }
 
@@ -81,36 +97,47 @@ impl DbError {
     pub(crate) fn into_repository_error(self) -> RepositoryError {
         match self {
             Self::Domain(e) => e,
-            e if e.is_transient() => RepositoryError::Unavailable(Box::new(e)),
-            e => RepositoryError::Unexpected(Box::new(e)),
+            e if e.failure() == Failure::Permanent => RepositoryError::Unexpected(Box::new(e)),
+            e => RepositoryError::Unavailable(Box::new(e)),
         }
     }
 }
 
-fn is_transient_query_error(e: &DieselError) -> bool {
+fn query_failure(e: &DieselError) -> Failure {
     match e {
         DieselError::DatabaseError(kind, info) => match kind {
             DatabaseErrorKind::SerializationFailure
             | DatabaseErrorKind::ClosedConnection
-            | DatabaseErrorKind::UnableToSendCommand => true,
+            | DatabaseErrorKind::UnableToSendCommand => Failure::Transient,
             DatabaseErrorKind::Unknown => {
                 // diesel-async maps only some SQLSTATEs to kinds; the rest are recognised
-                // by PostgreSQL's message: deadlock (40P01), admin shutdown (57P01),
-                // crash/shutdown/startup (57P02, 57P03), lock timeout (55P03).
+                // by PostgreSQL's message.
                 let message = info.message();
-                [
+                let busy = [
+                    // 55P03 lock_not_available (lock_timeout, NOWAIT)
+                    "canceling statement due to lock timeout",
+                    "could not obtain lock",
+                    // 57014 query_canceled by statement_timeout
+                    "canceling statement due to statement timeout",
+                ];
+                let transient = [
+                    // 40P01 deadlock; 57P01 admin shutdown; 57P02/57P03 crash, shutdown, startup
                     "deadlock detected",
                     "terminating connection",
                     "the database system is",
-                    "could not obtain lock",
-                ]
-                .iter()
-                .any(|needle| message.contains(needle))
+                ];
+                if busy.iter().any(|needle| message.contains(needle)) {
+                    Failure::Busy
+                } else if transient.iter().any(|needle| message.contains(needle)) {
+                    Failure::Transient
+                } else {
+                    Failure::Permanent
+                }
             }
-            _ => false,
+            _ => Failure::Permanent,
         },
-        DieselError::BrokenTransactionManager => true,
-        _ => false,
+        DieselError::BrokenTransactionManager => Failure::Transient,
+        _ => Failure::Permanent,
     }
 }
 

@@ -24,6 +24,9 @@ pub use errors::StoreError;
 pub use migrations::{
     MigrateCommand, MigrationReport, MigrationStatus, migrate, migration_names, migration_status,
 };
-pub use pool::{DbConfig, DbPool, PoolStats, SchemaName, application_name, build_pool};
+pub use pool::{
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_LOCK_TIMEOUT, DEFAULT_POOL_WAIT, DEFAULT_STATEMENT_TIMEOUT,
+    DbConfig, DbPool, PoolStats, SchemaName, application_name, build_pool,
+};
 pub use repository::PgCallRepository;
 pub use retry::{RetryPolicy, retries_taken};

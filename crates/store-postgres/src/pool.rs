@@ -51,16 +51,28 @@ impl fmt::Display for SchemaName {
     }
 }
 
-/// How to reach the database.
+/// How to reach the database, and how long anything may wait on it.
+///
+/// The waits are chosen so that a request never outlives its caller's patience: ElevenLabs'
+/// webhook tool gives up after `response_timeout_secs` (20 s in our tool config; its
+/// default is about 20 s too). A pool that stays full, a row lock that is never released or
+/// a statement that never ends each fail one attempt within seconds instead.
 #[derive(Clone)]
 pub struct DbConfig {
     pub url: String,
     pub schema: SchemaName,
     pub pool_size: usize,
-    /// How long a request waits for a free connection before the pool gives up.
+    /// How long a request waits for a free connection. Not retried: a pool that is full now
+    /// will not be empty 50 ms later, and every waiter holds a worker.
     pub wait_timeout: Duration,
     /// How long establishing one connection may take.
     pub connect_timeout: Duration,
+    /// `statement_timeout` of every pooled connection: the longest a query may run.
+    pub statement_timeout: Duration,
+    /// `lock_timeout` of every pooled connection: the longest a statement waits for a row
+    /// lock (the append waits for the Call's row; a stuck transaction holding it must not
+    /// hold every webhook of that call).
+    pub lock_timeout: Duration,
 }
 
 impl fmt::Debug for DbConfig {
@@ -70,9 +82,19 @@ impl fmt::Debug for DbConfig {
             .field("url", &redact_url(&self.url))
             .field("schema", &self.schema)
             .field("pool_size", &self.pool_size)
-            .finish_non_exhaustive()
+            .field("wait_timeout", &self.wait_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("statement_timeout", &self.statement_timeout)
+            .field("lock_timeout", &self.lock_timeout)
+            .finish()
     }
 }
+
+/// Defaults of [`DbConfig`]; docs/operations.md explains the figures.
+pub const DEFAULT_POOL_WAIT: Duration = Duration::from_secs(2);
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl DbConfig {
     pub fn new(url: impl Into<String>, schema: SchemaName) -> Self {
@@ -80,8 +102,10 @@ impl DbConfig {
             url: url.into(),
             schema,
             pool_size: 10,
-            wait_timeout: Duration::from_secs(5),
-            connect_timeout: Duration::from_secs(5),
+            wait_timeout: DEFAULT_POOL_WAIT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            statement_timeout: DEFAULT_STATEMENT_TIMEOUT,
+            lock_timeout: DEFAULT_LOCK_TIMEOUT,
         }
     }
 }
@@ -108,6 +132,23 @@ pub(crate) fn session_setup_sql(schema: &SchemaName) -> String {
         schema.quoted(),
         application_name(schema)
     )
+}
+
+/// Pooled connections (the service's requests) also get the statement and lock timeouts.
+/// Migrations and the backfill use their own connections without them: DDL and long
+/// batches may legitimately run longer.
+fn pooled_session_setup_sql(config: &DbConfig) -> String {
+    format!(
+        "{}; SET statement_timeout = {}; SET lock_timeout = {}",
+        session_setup_sql(&config.schema),
+        millis(config.statement_timeout),
+        millis(config.lock_timeout)
+    )
+}
+
+/// Whole milliseconds, at least 1 (0 would mean "no timeout" to PostgreSQL).
+fn millis(d: Duration) -> u128 {
+    d.as_millis().max(1)
 }
 
 pub fn application_name(schema: &SchemaName) -> String {
@@ -142,6 +183,9 @@ async fn establish(
 #[derive(Clone)]
 pub struct DbPool {
     pub(crate) inner: Pool<AsyncPgConnection>,
+    /// One connection of its own for readiness, so that `/readyz` reports whether the
+    /// database answers even while requests have taken every connection of `inner`.
+    pub(crate) health: Pool<AsyncPgConnection>,
     pub(crate) schema: SchemaName,
 }
 
@@ -172,10 +216,26 @@ impl DbPool {
     }
 }
 
-/// Builds the pool; no connection is opened until one is needed, so the service can start
-/// (and report not-ready) while the database is down.
+/// Builds the pool (and the one-connection readiness pool); no connection is opened until
+/// one is needed, so the service can start (and report not-ready) while the database is
+/// down.
 pub fn build_pool(config: &DbConfig) -> Result<DbPool, StoreError> {
-    let setup_sql = session_setup_sql(&config.schema);
+    let inner = pool(config, config.pool_size.max(1), config.wait_timeout)?;
+    // A readiness probe waits at most this long for the previous probe's connection.
+    let health = pool(config, 1, config.wait_timeout.min(Duration::from_secs(1)))?;
+    Ok(DbPool {
+        inner,
+        health,
+        schema: config.schema.clone(),
+    })
+}
+
+fn pool(
+    config: &DbConfig,
+    size: usize,
+    wait: Duration,
+) -> Result<Pool<AsyncPgConnection>, StoreError> {
+    let setup_sql = pooled_session_setup_sql(config);
     let connect_timeout = config.connect_timeout;
     let mut manager_config = ManagerConfig::<AsyncPgConnection>::default();
     // No `SELECT 1` per checkout (a round trip per turn): a connection the server closed is
@@ -190,18 +250,14 @@ pub fn build_pool(config: &DbConfig) -> Result<DbPool, StoreError> {
         &config.url,
         manager_config,
     );
-    let inner = Pool::builder(manager)
-        .max_size(config.pool_size.max(1))
-        .wait_timeout(Some(config.wait_timeout))
+    Pool::builder(manager)
+        .max_size(size)
+        .wait_timeout(Some(wait))
         .create_timeout(Some(config.connect_timeout))
         .recycle_timeout(Some(config.connect_timeout))
         .runtime(deadpool::Runtime::Tokio1)
         .build()
-        .map_err(|e| StoreError::Pool(e.to_string()))?;
-    Ok(DbPool {
-        inner,
-        schema: config.schema.clone(),
-    })
+        .map_err(|e| StoreError::Pool(e.to_string()))
 }
 
 #[cfg(test)]
@@ -222,6 +278,19 @@ mod tests {
         ] {
             assert!(SchemaName::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn pooled_connections_get_the_timeouts_in_milliseconds() {
+        let mut config = DbConfig::new("postgres://x/y", SchemaName::default());
+        config.statement_timeout = Duration::from_millis(1500);
+        config.lock_timeout = Duration::ZERO;
+        let sql = pooled_session_setup_sql(&config);
+        assert!(
+            sql.ends_with("SET statement_timeout = 1500; SET lock_timeout = 1"),
+            "{sql}"
+        );
+        assert!(!session_setup_sql(&config.schema).contains("timeout"));
     }
 
     #[test]

@@ -311,9 +311,10 @@ impl CallRepository for PgCallRepository {
     }
 
     async fn ping(&self) -> Result<(), RepositoryError> {
-        // No retries: readiness should report the database as it is now.
+        // No retries: readiness should report the database as it is now. Its own
+        // connection: a pool full of waiting requests does not mean the database is gone.
         let attempt = async {
-            let mut conn = self.conn().await?;
+            let mut conn = self.pool.health.get().await?;
             diesel::sql_query("SELECT 1").execute(&mut conn).await?;
             Ok::<_, DbError>(())
         };

@@ -1,9 +1,9 @@
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use calls_domain::RepositoryError;
 
-use crate::errors::DbError;
+use crate::errors::{DbError, Failure};
 
 /// Bounded retries with exponential backoff for transient database failures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -12,6 +12,10 @@ pub struct RetryPolicy {
     pub max_attempts: u32,
     pub base_delay: Duration,
     pub max_delay: Duration,
+    /// No retry starts later than this after the first attempt did, so that slow failures
+    /// (connect timeouts) cannot add up past the caller's patience. The attempt running at
+    /// the deadline may still take up to its own timeout.
+    pub max_elapsed: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -20,6 +24,7 @@ impl Default for RetryPolicy {
             max_attempts: 4,
             base_delay: Duration::from_millis(50),
             max_delay: Duration::from_millis(800),
+            max_elapsed: Duration::from_secs(5),
         }
     }
 }
@@ -48,11 +53,12 @@ impl RetryPolicy {
         F: FnMut(u32) -> Fut,
         Fut: Future<Output = Result<T, DbError>>,
     {
+        let started = Instant::now();
         let mut attempt = 1;
         loop {
             match f(attempt).await {
                 Ok(value) => return Ok(value),
-                Err(e) if e.is_transient() && attempt < self.max_attempts => {
+                Err(e) if self.retry(&e, attempt, started.elapsed()) => {
                     let delay = self.delay(attempt);
                     tracing::warn!(
                         operation = op,
@@ -67,13 +73,25 @@ impl RetryPolicy {
                     attempt += 1;
                 }
                 Err(e) => {
-                    if e.is_transient() {
-                        tracing::error!(operation = op, attempt, error.cause_chain = ?e, "database unavailable after retries");
+                    match e.failure() {
+                        Failure::Transient => {
+                            tracing::error!(operation = op, attempt, error.cause_chain = ?e, "database unavailable after retries");
+                        }
+                        Failure::Busy => {
+                            tracing::error!(operation = op, attempt, error.cause_chain = ?e, "database busy: timed out waiting for a connection, a lock or a statement");
+                        }
+                        Failure::Permanent => {}
                     }
                     return Err(e.into_repository_error());
                 }
             }
         }
+    }
+
+    fn retry(&self, e: &DbError, attempt: u32, elapsed: Duration) -> bool {
+        e.failure() == Failure::Transient
+            && attempt < self.max_attempts
+            && elapsed + self.delay(attempt) < self.max_elapsed
     }
 }
 

@@ -137,18 +137,7 @@ impl TestDatabase {
 
     /// A one-column text query, for assertions (`SELECT x::text AS value …`).
     pub async fn strings(&self, sql: &str) -> Vec<String> {
-        #[derive(QueryableByName)]
-        struct Value {
-            #[diesel(sql_type = diesel::sql_types::Nullable<Text>)]
-            value: Option<String>,
-        }
-        let rows: Vec<Value> = diesel::sql_query(sql)
-            .load(&mut self.conn().await)
-            .await
-            .unwrap_or_else(|e| panic!("{sql}: {e}"));
-        rows.into_iter()
-            .map(|r| r.value.unwrap_or_else(|| "NULL".into()))
-            .collect()
+        strings_on(&self.pool, sql).await
     }
 
     /// A text description of everything in the schema (tables, columns, constraints,
@@ -181,6 +170,27 @@ impl TestDatabase {
         );
         self.strings(&sql).await
     }
+}
+
+/// A one-column text query on a connection of `pool` (`SELECT x::text AS value …`).
+pub async fn strings_on(pool: &DbPool, sql: &str) -> Vec<String> {
+    #[derive(QueryableByName)]
+    struct Value {
+        #[diesel(sql_type = diesel::sql_types::Nullable<Text>)]
+        value: Option<String>,
+    }
+    let mut conn = pool
+        .inner
+        .get()
+        .await
+        .unwrap_or_else(|e| panic!("test connection: {e}"));
+    let rows: Vec<Value> = diesel::sql_query(sql)
+        .load(&mut conn)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    rows.into_iter()
+        .map(|r| r.value.unwrap_or_else(|| "NULL".into()))
+        .collect()
 }
 
 impl Drop for TestDatabase {

@@ -336,6 +336,7 @@ async fn webhooks_racing_a_reconciliation_keep_numbers_gapless_without_duplicate
             max_attempts: 40,
             base_delay: Duration::from_millis(20),
             max_delay: Duration::from_millis(200),
+            max_elapsed: Duration::from_secs(60),
         },
     );
     // Every odd turn arrives by webhook, concurrently with the reconciliation; the webhook

@@ -32,6 +32,7 @@ fn separate_repository(db: &TestDatabase, pool_size: usize) -> PgCallRepository 
         max_attempts: 40,
         base_delay: Duration::from_millis(50),
         max_delay: Duration::from_millis(500),
+        max_elapsed: Duration::from_secs(60),
     };
     PgCallRepository::new(build_pool(&config).expect("pool"), retry)
 }

@@ -65,12 +65,21 @@ pub struct InvalidBatch {
 
 fn required<'a>(value: &'a Option<String>, field: &str, problems: &mut Vec<String>) -> &'a str {
     match value.as_deref().map(str::trim) {
+        Some(v) if v.contains('\0') => {
+            problems.push(nul(field));
+            ""
+        }
         Some(v) if !v.is_empty() => v,
         _ => {
             problems.push(format!("{field}: is required"));
             ""
         }
     }
+}
+
+/// PostgreSQL text cannot hold NUL, and no dispatcher means one: refused like any bad field.
+fn nul(field: &str) -> String {
+    format!("{field}: must not contain NUL characters")
 }
 
 impl RawBatch {
@@ -118,6 +127,10 @@ impl RawBatch {
             };
             let trip_id =
                 required(&raw.trip_id, &at("violations.tripId"), &mut problems).to_owned();
+            let custom_rules = raw.custom_rules.clone().unwrap_or_default();
+            if custom_rules.contains('\0') {
+                problems.push(nul(&at("customRules")));
+            }
             let mut violations = Vec::new();
             match raw.violations.as_deref() {
                 None | Some([]) => problems.push(format!(
@@ -150,7 +163,7 @@ impl RawBatch {
                         driver_id,
                         driver_name,
                         phone_number,
-                        custom_rules: raw.custom_rules.clone().unwrap_or_default(),
+                        custom_rules,
                         trip_id,
                         violations,
                     });
@@ -247,9 +260,51 @@ mod tests {
     }
 
     #[test]
+    fn a_nul_in_any_string_is_reported_with_its_field() {
+        let mut d = driver(5, "+15551234567");
+        d.driver_name = Some("Te\u{0}st".into());
+        d.custom_rules = Some("\u{0}".into());
+        d.trip_id = Some("trip\u{0}".into());
+        d.violations = Some(vec![RawViolation {
+            kind: Some("temp\u{0}".into()),
+            description: Some("x\u{0}".into()),
+        }]);
+        let mut b = batch(vec![d]);
+        b.call_type = Some("viol\u{0}ation".into());
+        let problems = b.validate().expect_err("invalid").problems;
+        for field in [
+            "callType",
+            "drivers[0].driverName",
+            "drivers[0].customRules",
+            "drivers[0].violations.tripId",
+            "drivers[0].violations.violationDetails[0].type",
+            "drivers[0].violations.violationDetails[0].description",
+        ] {
+            assert!(
+                problems.contains(&format!("{field}: must not contain NUL characters")),
+                "{field} in {problems:?}"
+            );
+        }
+        let mut ts = batch(vec![driver(5, "+15551234567")]);
+        ts.timestamp = Some("2024\u{0}".into());
+        assert!(ts.validate().is_err());
+    }
+
+    #[test]
+    fn a_timestamp_with_a_space_forms_the_call_sid_as_given() {
+        let mut b = batch(vec![driver(7, "+15551234567")]);
+        b.timestamp = Some("2024-11-21 10:00:00".into());
+        let valid = b.validate().expect("valid");
+        assert_eq!(
+            valid.drivers[0].call_sid.as_str(),
+            "EL_7_2024-11-21 10:00:00"
+        );
+    }
+
+    #[test]
     fn a_timestamp_that_cannot_form_a_call_sid_is_refused() {
         let mut b = batch(vec![driver(5, "+15551234567")]);
-        b.timestamp = Some("21 Nov 2024".into());
+        b.timestamp = Some("21 Nov\t2024".into());
         assert!(
             b.validate()
                 .expect_err("invalid")

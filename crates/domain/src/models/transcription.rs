@@ -104,6 +104,9 @@ pub enum TurnParseError {
     Speaker(#[from] UnknownSpeaker),
     #[error("message must not be empty")]
     EmptyMessage,
+    /// PostgreSQL text cannot hold NUL; refusing it here keeps the answer a 400, not a 500.
+    #[error("message must not contain NUL characters")]
+    NulInMessage,
     #[error("timestamp must be a valid ISO8601 date-time, got {0:?}")]
     Timestamp(String),
 }
@@ -120,6 +123,9 @@ impl NewTurn {
         let speaker: Speaker = speaker.parse()?;
         if message.trim().is_empty() {
             return Err(TurnParseError::EmptyMessage);
+        }
+        if message.contains('\0') {
+            return Err(TurnParseError::NulInMessage);
         }
         let timestamp = parse_timestamp(timestamp)
             .ok_or_else(|| TurnParseError::Timestamp(timestamp.into()))?;
@@ -220,6 +226,18 @@ mod tests {
         );
         assert!(matches!(
             NewTurn::parse("EL_1_2", "agent", "hi", "noon"),
+            Err(TurnParseError::Timestamp(_))
+        ));
+        assert_eq!(
+            NewTurn::parse("EL_1_2", "agent", "a\u{0}b", "2024-11-21T10:30:00Z"),
+            Err(TurnParseError::NulInMessage)
+        );
+        assert!(matches!(
+            NewTurn::parse("EL_1\u{0}2", "agent", "hi", "2024-11-21T10:30:00Z"),
+            Err(TurnParseError::CallSid(_))
+        ));
+        assert!(matches!(
+            NewTurn::parse("EL_1_2", "agent", "hi", "2024-11-21T10:30:00Z\u{0}"),
             Err(TurnParseError::Timestamp(_))
         ));
     }

@@ -10,7 +10,9 @@ use futures_util::StreamExt;
 use time::OffsetDateTime;
 
 use super::prompt::{self, CallContext};
-use crate::models::{BatchCall, CallSid, CallStatus, ConversationId, DriverCall, NewCall};
+use crate::models::{
+    BatchCall, CallSid, CallStatus, ConversationId, DriverCall, NewCall, mask_phone_numbers,
+};
 use crate::ports::{BoxError, CallRepository, OutboundCall, RepositoryError, Telephony};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -188,11 +190,9 @@ impl PlaceCalls {
             Ok(_) => {}
             Err(RepositoryError::Conflict(_)) => return One::Conflict(driver.call_sid.clone()),
             Err(e) => {
-                tracing::error!(error.message = %e, "could not record the call; not dialing");
-                return One::Done(Box::new(failed(
-                    driver,
-                    &format!("could not record the call: {e}"),
-                )));
+                let reason = mask_phone_numbers(&format!("could not record the call: {e}"));
+                tracing::error!(reason = %reason, "could not record the call; not dialing");
+                return One::Done(Box::new(failed(driver, &reason)));
             }
         }
         match self.telephony.place_call(&self.outbound(driver)).await {
@@ -215,7 +215,9 @@ impl PlaceCalls {
                 }))
             }
             Err(e) => {
-                let reason = e.to_string();
+                // Provider texts may repeat the number in any form; this one text is logged,
+                // stored as the failure reason and returned in the batch response.
+                let reason = mask_phone_numbers(&e.to_string());
                 tracing::warn!(reason = %reason, "call not placed");
                 if let Err(db) = self
                     .repository
@@ -411,6 +413,39 @@ mod tests {
             assert_eq!(outcome.results[0].error.as_deref(), Some(reason.as_str()));
             assert_eq!(outcome.results[0].status, CallStatus::Failed);
         }
+    }
+
+    #[tokio::test]
+    async fn a_provider_text_repeating_the_number_is_masked_in_the_reason() {
+        let mut repo = MockCallRepository::new();
+        let mut tel = MockTelephony::new();
+        repo.expect_get_by_call_sid().returning(|_| Ok(None));
+        repo.expect_create_call()
+            .returning(|n| Ok(a_call(&n.call_sid)));
+        tel.expect_place_call().returning(|_| {
+            Err(TelephonyError::Rejected {
+                status: 400,
+                detail: "cannot dial 15551234567, i.e. (555) 123-4567".into(),
+            })
+        });
+        repo.expect_set_status()
+            .withf(|_, _, _, why| {
+                why.as_deref()
+                    .is_some_and(|w| !w.contains("555") && w.contains("4567"))
+            })
+            .times(1)
+            .returning(|sid, _, _, _| Ok(a_call(sid)));
+
+        let outcome = use_case(repo, tel)
+            .execute(&batch(&[1]))
+            .await
+            .expect("outcome");
+
+        let error = outcome.results[0].error.clone().unwrap_or_default();
+        assert!(
+            error.contains("*******4567") && error.contains("(***) ***-4567"),
+            "{error}"
+        );
     }
 
     #[tokio::test]

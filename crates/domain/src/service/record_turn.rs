@@ -6,10 +6,11 @@ use std::time::Duration;
 use crate::models::{CallSid, CallStatus, NewTurn};
 use crate::ports::{AppendOutcome, BoxError, CallRepository, RepositoryError};
 
+/// What went wrong, as a reason; the HTTP layer chooses the wording.
 #[derive(Debug, thiserror::Error)]
 pub enum RecordTurnError {
     /// Unknown call_sid, a failed Call, or one still without conversation_id after the wait.
-    #[error("Call record not found or incomplete for call_sid: {call_sid}")]
+    #[error("no Call can take a turn for call_sid {call_sid}: {reason}")]
     CallNotFound {
         call_sid: CallSid,
         reason: NotFoundReason,
@@ -20,11 +21,15 @@ pub enum RecordTurnError {
     Unexpected(#[source] BoxError),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum NotFoundReason {
+    #[error("no Call has this call_sid")]
     UnknownCallSid,
+    #[error("the Call failed")]
     CallFailed,
+    #[error("the Call has no conversation_id yet")]
     NoConversationIdYet,
+    #[error("the Call completed without a conversation_id")]
     CallCompletedWithoutConversation,
 }
 
@@ -153,7 +158,7 @@ mod tests {
         ));
         assert_eq!(
             err.to_string(),
-            "Call record not found or incomplete for call_sid: EL_555_1700000005"
+            "no Call can take a turn for call_sid EL_555_1700000005: no Call has this call_sid"
         );
     }
 

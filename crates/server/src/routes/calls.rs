@@ -5,7 +5,7 @@ use calls_domain::{Call, CallOutcome, CallSid, CallTranscription};
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use crate::auth::require_api_token;
+use crate::auth::ApiToken;
 use crate::errors::ApiError;
 use crate::startup::AppState;
 
@@ -106,6 +106,7 @@ pub struct TranscriptView {
     pub transcriptions: Vec<TurnView>,
 }
 
+/// A path segment that cannot be a call_sid (e.g. a control character) names no Call.
 fn parse_sid(raw: &str) -> Result<CallSid, ApiError> {
     CallSid::parse(raw)
         .map_err(|e| ApiError::not_found(format!("Call not found: {raw}"), e.to_string()))
@@ -123,7 +124,7 @@ fn unknown(call_sid: &CallSid) -> ApiError {
     get,
     path = "/calls/{call_sid}",
     tag = "calls",
-    params(("call_sid" = String, Path, description = "Our call id, e.g. EL_333_2024-11-21T10:00:00Z")),
+    params(("call_sid" = String, Path, min_length = 1, max_length = 255, description = "Our call id, e.g. EL_333_2024-11-21T10:00:00Z (percent-encode spaces)")),
     responses(
         (status = 200, description = "The Call", body = CallView),
         (status = 401, description = "Missing or invalid API token", body = crate::openapi::ErrorBody),
@@ -133,21 +134,16 @@ fn unknown(call_sid: &CallSid) -> ApiError {
     security(("api_token" = []))
 )]
 pub async fn get_call(
-    req: HttpRequest,
+    _token: ApiToken,
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let call = authorized_call(&req, &path, &state).await?;
+    let call = find_call(&path, &state).await?;
     Ok(HttpResponse::Ok().json(CallView::from(call)))
 }
 
-/// The checks both readers share: API token, call_sid, the Call itself.
-async fn authorized_call(
-    req: &HttpRequest,
-    raw_sid: &str,
-    state: &AppState,
-) -> Result<Call, ApiError> {
-    require_api_token(req, state.settings.api_token.as_ref())?;
+/// What both readers share: the call_sid and the Call itself.
+async fn find_call(raw_sid: &str, state: &AppState) -> Result<Call, ApiError> {
     let call_sid = parse_sid(raw_sid)?;
     tracing::Span::current().record("call_sid", call_sid.as_str());
     state
@@ -162,7 +158,7 @@ async fn authorized_call(
     get,
     path = "/calls/{call_sid}/transcriptions",
     tag = "calls",
-    params(("call_sid" = String, Path, description = "Our call id")),
+    params(("call_sid" = String, Path, min_length = 1, max_length = 255, description = "Our call id")),
     responses(
         (status = 200, description = "The transcript", body = TranscriptView),
         (status = 401, description = "Missing or invalid API token", body = crate::openapi::ErrorBody),
@@ -172,11 +168,11 @@ async fn authorized_call(
     security(("api_token" = []))
 )]
 pub async fn get_transcriptions(
-    req: HttpRequest,
+    _token: ApiToken,
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let call = authorized_call(&req, &path, &state).await?;
+    let call = find_call(&path, &state).await?;
     let call_sid = &call.call_sid;
     let turns = match state.repository.list_turns(call_sid).await {
         Ok(turns) => turns,
@@ -222,10 +218,10 @@ pub struct CallListView {
     security(("api_token" = []))
 )]
 pub async fn list_calls(
+    _token: ApiToken,
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    require_api_token(&req, state.settings.api_token.as_ref())?;
     let query = listing::parse(req.query_string())?;
     let page = state.repository.list_calls(&query).await?;
     let next_cursor = page.next.map(|next| listing::cursor_after(&query, next));

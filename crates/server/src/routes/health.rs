@@ -1,7 +1,7 @@
 use actix_web::{HttpResponse, web};
 use serde_json::json;
 
-use crate::errors::ApiError;
+use crate::errors::{ApiError, ErrorKind};
 use crate::startup::AppState;
 
 /// The process is up and serving.
@@ -24,6 +24,7 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
             tracing::warn!(error.message = %e, "not ready: database unreachable");
             Err(ApiError::new(
                 actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+                ErrorKind::Unavailable,
                 "Service not ready",
                 "Database unreachable",
             ))

@@ -6,11 +6,10 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use calls_domain::service::{PostCallError, PostCallOutcome};
 use calls_elevenlabs::{PostCallWebhook, parse_post_call};
 use serde_json::json;
-use time::OffsetDateTime;
 
-use crate::auth::{WebhookAuth, verify_webhook};
+use crate::auth::{PostCallHook, VerifiedWebhook};
+use crate::body::require_json;
 use crate::errors::ApiError;
-use crate::routes::{read_body, require_json};
 use crate::startup::AppState;
 
 fn ok(message: String) -> HttpResponse {
@@ -29,25 +28,18 @@ fn ok(message: String) -> HttpResponse {
         (status = 200, description = "Event applied or acknowledged", body = crate::openapi::Ack),
         (status = 400, description = "Malformed event", body = crate::openapi::ErrorBody),
         (status = 401, description = "Missing or invalid ElevenLabs-Signature", body = crate::openapi::ErrorBody),
+        (status = 408, description = "The body did not arrive within the body read timeout", body = crate::openapi::ErrorBody),
+        (status = 413, description = "Body larger than POST_CALL_MAX_BODY_BYTES", body = crate::openapi::ErrorBody),
+        (status = 415, description = "Not application/json", body = crate::openapi::ErrorBody),
         (status = 500, description = "Database unavailable after retries", body = crate::openapi::ErrorBody),
     ),
     security(("elevenlabs_signature" = []))
 )]
 pub async fn receive(
     req: HttpRequest,
-    payload: web::Payload,
+    body: VerifiedWebhook<PostCallHook>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    // post_call_audio events can be large; they are acknowledged without being kept.
-    let limit = state.settings.max_body_bytes.max(16 * 1024 * 1024);
-    let body = read_body(&req, payload, limit).await?;
-    verify_webhook(
-        &req,
-        &body,
-        state.settings.webhook_secret.as_ref(),
-        WebhookAuth::SignatureOnly,
-        OffsetDateTime::now_utc().unix_timestamp(),
-    )?;
     require_json(&req)?;
     let event = match parse_post_call(&body) {
         Ok(PostCallWebhook::Event(event)) => event,

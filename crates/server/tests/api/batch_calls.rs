@@ -569,3 +569,76 @@ async fn a_numeric_timestamp_forms_the_same_call_sid_as_its_string() {
     assert_eq!(body["call_sid"], "EL_7_1700001100");
     assert_eq!(body["timestamp"], "1700001100");
 }
+
+#[tokio::test]
+async fn a_timestamp_with_a_space_forms_a_call_sid_that_takes_turns_and_reads() {
+    let app = spawn_app().await;
+    answer_for(&app, "+15551230001", success("conv_spaced")).await;
+
+    let response = app
+        .post_batch(&batch(
+            "2024-11-21 10:00:00",
+            vec![driver(7, "+15551230001")],
+        ))
+        .await;
+
+    assert_eq!(response.status().as_u16(), 200);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["call_sid"], "EL_7_2024-11-21 10:00:00");
+    let turn = app
+        .post_transcription(&turn_body(
+            "EL_7_2024-11-21 10:00:00",
+            "agent",
+            "Hello?",
+            "2024-11-21T10:30:00Z",
+        ))
+        .await;
+    assert_eq!(turn.status().as_u16(), 201);
+    let call: Value = app
+        .get_authed("/calls/EL_7_2024-11-21%2010:00:00")
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(call["call_sid"], "EL_7_2024-11-21 10:00:00");
+    assert_eq!(call["conversation_id"], "conv_spaced");
+}
+
+#[tokio::test]
+async fn a_provider_error_repeating_the_number_in_any_form_is_masked_everywhere() {
+    let app = spawn_app().await;
+    answer_for(
+        &app,
+        "+15551230001",
+        ResponseTemplate::new(400).set_body_json(json!({"detail": {
+            "status": "invalid_number",
+            "message": "cannot reach 15551230001 (tried (555) 123-0001 and 555.123.0001)"
+        }})),
+    )
+    .await;
+
+    let response = app
+        .post_batch(&batch("1700001200", vec![driver(8, "+15551230001")]))
+        .await;
+
+    assert_eq!(response.status().as_u16(), 502);
+    let body: Value = response.json().await.expect("json");
+    let call: Value = app
+        .get_authed("/calls/EL_8_1700001200")
+        .await
+        .json()
+        .await
+        .expect("json");
+    let reason = call["failure_reason"].as_str().unwrap_or_default();
+    for text in [
+        body["details"].as_str().unwrap_or_default(),
+        body["calls"][0]["error"].as_str().unwrap_or_default(),
+        reason,
+    ] {
+        assert!(text.contains("*******0001"), "{text}");
+        assert!(text.contains("(***) ***-0001"), "{text}");
+        for leak in ["5551230001", "555) 123", "555.123"] {
+            assert!(!text.contains(leak), "{leak} in {text}");
+        }
+    }
+}

@@ -3,6 +3,7 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use calls_domain::{CallRepository, CallSid, ConversationId, NewCall};
+use calls_server::body::{BodyLimits, DEFAULT_BODY_READ_TIMEOUT};
 use calls_server::config::{Secret, Settings, SimulationSettings, TelephonySettings};
 use calls_server::startup::{AppState, Application};
 use calls_store_postgres::testing::TestDatabase;
@@ -48,7 +49,8 @@ pub fn settings_for(database: DbConfig, elevenlabs_uri: &str) -> Settings {
         dispatcher_name: "AGY Dispatcher".into(),
         public_base_url: "http://127.0.0.1:0".into(),
         call_concurrency: 8,
-        max_body_bytes: 16 * 1024,
+        body_limits: BodyLimits::default(),
+        body_read_timeout: DEFAULT_BODY_READ_TIMEOUT,
         insecure_dev: false,
         // Tests run passes themselves; the timer has tests of its own.
         reconcile_interval: None,
@@ -182,4 +184,102 @@ pub async fn assert_envelope(response: reqwest::Response, status: u16) -> String
     assert!(body["message"].is_string(), "{body}");
     assert!(body["details"].is_string(), "{body}");
     body["message"].as_str().unwrap_or_default().to_owned()
+}
+
+/// A response read off a raw connection.
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// From the first byte sent to the first byte of the answer.
+    pub took: Duration,
+}
+
+impl RawResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Asserts the SPEC error envelope and returns its message.
+    pub fn envelope(&self, status: u16) -> String {
+        assert_eq!(self.status, status, "{self:?}");
+        let body: Value = serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("JSON error body ({e}): {self:?}"));
+        assert_eq!(body["status"], "error", "{body}");
+        assert!(body["details"].is_string(), "{body}");
+        body["message"].as_str().unwrap_or_default().to_owned()
+    }
+}
+
+impl TestApp {
+    /// Writes `parts` on one connection, pausing `pause` before each part after the first,
+    /// and reads whatever comes back until the server closes the connection or `within`
+    /// has passed. For what an HTTP client library would not send: malformed heads,
+    /// bodies that never come, bytes that trickle.
+    pub async fn raw(&self, parts: &[&[u8]], pause: Duration, within: Duration) -> RawResponse {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = self.address.trim_start_matches("http://").to_owned();
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (mut reader, mut writer) = stream.split();
+        let started = std::time::Instant::now();
+        let received = async {
+            let mut buf = Vec::new();
+            let mut first = None;
+            let mut chunk = [0u8; 8192];
+            // Until the server closes; a reset after the answer is fine.
+            while let Ok(n @ 1..) = reader.read(&mut chunk).await {
+                first.get_or_insert_with(|| started.elapsed());
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            (buf, first.unwrap_or_else(|| started.elapsed()))
+        };
+        let send = async {
+            for (i, part) in parts.iter().enumerate() {
+                if i > 0 {
+                    tokio::time::sleep(pause).await;
+                }
+                if writer.write_all(part).await.is_err() {
+                    break;
+                }
+            }
+            // Keep the connection open: the server decides when it ends.
+            std::future::pending::<()>().await;
+        };
+        let (buf, took) = tokio::time::timeout(within, async {
+            tokio::select! {
+                answer = received => answer,
+                () = send => (Vec::new(), Duration::ZERO),
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no complete answer within {within:?}"));
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut response = httparse::Response::new(&mut headers);
+        let head_len = match response.parse(&buf) {
+            Ok(httparse::Status::Complete(n)) => n,
+            other => panic!(
+                "not an HTTP response ({other:?}): {:?}",
+                String::from_utf8_lossy(&buf)
+            ),
+        };
+        RawResponse {
+            status: response.code.unwrap_or_default(),
+            headers: response
+                .headers
+                .iter()
+                .map(|h| {
+                    (
+                        h.name.to_owned(),
+                        String::from_utf8_lossy(h.value).into_owned(),
+                    )
+                })
+                .collect(),
+            body: buf[head_len..].to_vec(),
+            took,
+        }
+    }
 }

@@ -2,9 +2,11 @@
 //! ElevenLabs (wiremock).
 
 mod batch_calls;
+mod busy_database;
 mod calls;
 mod health;
 mod helpers;
+mod hostile;
 mod listing;
 mod openapi;
 mod outage;

@@ -1,6 +1,7 @@
 use std::collections::BTreeSet;
 
 use serde_json::Value;
+use utoipa::OpenApi;
 
 use crate::helpers::{API_TOKEN, spawn_app};
 
@@ -54,18 +55,67 @@ async fn openapi_json_is_served_with_schemas_examples_and_security() {
     ] {
         assert!(doc["components"]["schemas"][schema].is_object(), "{schema}");
     }
-    let webhook = &doc["paths"]["/webhooks/elevenlabs/transcription"]["post"];
-    for status in ["200", "201", "400", "401", "413", "415", "500"] {
-        assert!(
-            webhook["responses"][status].is_object(),
-            "transcription webhook {status}"
+    assert!(doc["components"]["schemas"]["BatchCallRequest"]["example"].is_object());
+}
+
+/// Every status each route can answer, as the handlers and extractors produce them.
+#[test]
+fn the_document_lists_every_status_each_route_returns() {
+    let doc = serde_json::to_value(calls_server::openapi::ApiDoc::openapi()).expect("json");
+    let expected: [(&str, &str, &[&str]); 10] = [
+        (
+            "post",
+            "/webhooks/elevenlabs/transcription",
+            &["200", "201", "400", "401", "408", "413", "415", "500"],
+        ),
+        (
+            "post",
+            "/webhooks/elevenlabs/post-call",
+            &["200", "400", "401", "408", "413", "415", "500"],
+        ),
+        (
+            "post",
+            "/driver_data/call-elevenlabs",
+            &[
+                "200", "207", "400", "401", "408", "409", "413", "415", "500", "502",
+            ],
+        ),
+        ("get", "/calls/{call_sid}", &["200", "401", "404", "500"]),
+        (
+            "get",
+            "/calls/{call_sid}/transcriptions",
+            &["200", "401", "404", "500"],
+        ),
+        ("get", "/healthz", &["200"]),
+        ("get", "/readyz", &["200", "503"]),
+        ("get", "/metrics", &["200"]),
+        ("get", "/openapi.json", &["200"]),
+        ("get", "/docs", &["200"]),
+    ];
+    for (method, path, statuses) in expected {
+        let documented: BTreeSet<&str> = doc["paths"][path][method]["responses"]
+            .as_object()
+            .unwrap_or_else(|| panic!("{method} {path} is documented"))
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            documented,
+            statuses.iter().copied().collect(),
+            "{method} {path}"
         );
     }
-    let batch = &doc["paths"]["/driver_data/call-elevenlabs"]["post"];
-    for status in ["200", "207", "400", "401", "409", "502"] {
-        assert!(batch["responses"][status].is_object(), "batch {status}");
+}
+
+#[test]
+fn a_call_sid_is_documented_as_one_to_255_characters() {
+    let doc = serde_json::to_value(calls_server::openapi::ApiDoc::openapi()).expect("json");
+    let body = &doc["components"]["schemas"]["TranscriptionRequest"]["properties"]["call_sid"];
+    let path = &doc["paths"]["/calls/{call_sid}"]["get"]["parameters"][0]["schema"];
+    for schema in [body, path] {
+        assert_eq!(schema["minLength"], 1, "{schema}");
+        assert_eq!(schema["maxLength"], 255, "{schema}");
     }
-    assert!(doc["components"]["schemas"]["BatchCallRequest"]["example"].is_object());
 }
 
 #[tokio::test]

@@ -259,7 +259,7 @@ async fn malformed_inputs_get_a_4xx_envelope_and_write_nothing() {
         415,
     ));
     let mut oversize = good.clone();
-    oversize["message"] = json!("x".repeat(20 * 1024));
+    oversize["message"] = json!("x".repeat(65 * 1024));
     cases.push((
         "oversize body",
         json_case(oversize),
@@ -478,4 +478,77 @@ async fn webhook_outcomes_are_counted() {
         status: 201,
     };
     assert_eq!(m.http_requests.get_or_create(&created).get(), 1);
+}
+
+#[tokio::test]
+async fn any_well_formed_unknown_call_sid_gets_the_not_found_400() {
+    let app = spawn_app().await;
+    for call_sid in [
+        "EL 5 bad",
+        "EL_7_2024-11-21 10:00:00",
+        "x/y?z#w",
+        "é€😀",
+        "' OR 1=1 --",
+        &"x".repeat(255),
+    ] {
+        let response = app
+            .post_transcription(&turn_body(call_sid, "agent", "hi", "2024-11-21T10:30:00Z"))
+            .await;
+
+        let message = assert_envelope(response, 400).await;
+        assert_eq!(
+            message,
+            format!("Call record not found or incomplete for call_sid: {call_sid}")
+        );
+    }
+    for (what, call_sid) in [
+        ("too long", "x".repeat(256)),
+        ("control character", "EL_1\u{1}".to_owned()),
+        ("empty", String::new()),
+    ] {
+        let response = app
+            .post_transcription(&turn_body(&call_sid, "agent", "hi", "2024-11-21T10:30:00Z"))
+            .await;
+
+        let message = assert_envelope(response, 400).await;
+        assert_eq!(
+            message, "Invalid request: invalid field 'call_sid'",
+            "{what}"
+        );
+    }
+    assert_eq!(app.turn_count().await, 0);
+}
+
+#[tokio::test]
+async fn outcomes_of_refused_deliveries_are_counted_by_kind() {
+    let app = spawn_app().await;
+    let too_big = serde_json::to_vec(&turn_body(
+        "EL_1",
+        "agent",
+        &"x".repeat(70 * 1024),
+        "2024-11-21T10:30:00Z",
+    ))
+    .expect("json");
+    app.post_transcription_raw(
+        too_big.clone(),
+        Some(&sign(&too_big, now())),
+        "application/json",
+    )
+    .await;
+    app.post_transcription_raw(
+        b"[]".to_vec(),
+        Some(&sign(b"[]", now())),
+        "application/json",
+    )
+    .await;
+
+    let outcome = |outcome| {
+        app.state
+            .metrics
+            .webhook_transcription_outcomes
+            .get_or_create(&calls_server::metrics::OutcomeLabel { outcome })
+            .get()
+    };
+    assert_eq!(outcome("invalid"), 2);
+    assert_eq!(outcome("unauthenticated"), 0);
 }
