@@ -10,12 +10,20 @@ pub struct PhoneNumber(String);
 #[error("phone number cannot be normalized to E.164")]
 pub struct InvalidPhoneNumber;
 
+/// The longest input [`PhoneNumber::parse`] looks at.
+const MAX_RAW_LEN: usize = 40;
+
 impl PhoneNumber {
     /// Parses with libphonenumber's metadata; numbers without a `+` are read as US
     /// numbers (the dispatcher's home region). Numbers the library deems possible pass.
     pub fn parse(raw: &str) -> Result<Self, InvalidPhoneNumber> {
         let invalid = || InvalidPhoneNumber;
         let trimmed = raw.trim();
+        // E.164 has at most 15 digits; with a `+`, a trunk prefix and separators a real
+        // number stays well under this. Longer input would only cost the parser time.
+        if trimmed.chars().count() > MAX_RAW_LEN {
+            return Err(invalid());
+        }
         // The library tolerates stray letters (vanity numbers) and repeated '+'; a driver's
         // number has digits, separators and at most one leading '+'.
         let body = trimmed.strip_prefix('+').unwrap_or(trimmed);
@@ -234,6 +242,8 @@ mod tests {
             "+1 23",
             "+1555123456789012",
             "++15551234567",
+            &"5".repeat(41),
+            &"5".repeat(100_000),
         ] {
             assert!(PhoneNumber::parse(raw).is_err(), "{raw} should be rejected");
         }

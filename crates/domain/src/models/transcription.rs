@@ -157,7 +157,9 @@ pub fn parse_timestamp(value: &str) -> Option<OffsetDateTime> {
         .or_else(|_| OffsetDateTime::parse(value, &Iso8601::DEFAULT))
         .or_else(|_| PrimitiveDateTime::parse(value, &Iso8601::DEFAULT).map(|t| t.assume_utc()))
         .ok()?;
-    let utc = parsed.to_offset(UtcOffset::UTC);
+    // Checked: the same instant in UTC can fall outside the supported years
+    // (`9999-12-31T23:59:59-23:59`), and `to_offset` would panic on hostile input.
+    let utc = parsed.checked_to_offset(UtcOffset::UTC)?;
     let micros = utc.nanosecond() / 1_000 * 1_000;
     utc.replace_nanosecond(micros).ok()
 }
@@ -198,6 +200,8 @@ mod tests {
     #[test]
     fn garbage_timestamps_are_rejected() {
         for bad in [
+            "9999-12-31T23:59:59-23:59",
+            "+10000-01-01T00:00:00Z",
             "",
             "yesterday",
             "2024-13-01T00:00:00Z",

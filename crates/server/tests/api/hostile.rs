@@ -455,3 +455,34 @@ async fn a_one_hour_calls_post_call_event_fits_the_default_limit() {
     assert!(body.len() * 2 < limit, "{} bytes", body.len());
     assert_eq!(response.status().as_u16(), 200);
 }
+
+#[tokio::test]
+async fn timestamps_beyond_the_supported_years_are_400_not_a_crash() {
+    let app = spawn_app().await;
+    app.create_call("EL_43_years", Some("conv_years")).await;
+
+    for timestamp in [
+        "9999-12-31T23:59:59-23:59",
+        "+10000-01-01T00:00:00Z",
+        "-0001-01-01T00:00:00Z",
+    ] {
+        let response = app
+            .post_transcription(&turn_body("EL_43_years", "agent", "hi", timestamp))
+            .await;
+
+        let message = assert_envelope(response, 400).await;
+        assert_eq!(
+            message, "Invalid request: invalid field 'timestamp'",
+            "{timestamp}"
+        );
+    }
+    let still_serving = app
+        .post_transcription(&turn_body(
+            "EL_43_years",
+            "agent",
+            "hi",
+            "2024-11-21T10:30:00Z",
+        ))
+        .await;
+    assert_eq!(still_serving.status().as_u16(), 201);
+}
