@@ -123,16 +123,6 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, BodyError> {
     })
 }
 
-/// Parses a JSON object without a wire type.
-///
-/// Only the post-call webhook still reads its event this way, until its payload gets a
-/// derived type in `calls-elevenlabs`; then this goes.
-pub fn parse_json_object(
-    body: &[u8],
-) -> Result<serde_json::Map<String, serde_json::Value>, ApiError> {
-    Ok(parse_json(body)?)
-}
-
 /// A request body type with its endpoint's size limit.
 pub trait JsonRequest: DeserializeOwned + 'static {
     fn limit(limits: &BodyLimits) -> usize;

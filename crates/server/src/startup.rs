@@ -18,7 +18,7 @@ use calls_domain::{CallRepository, Telephony};
 use calls_elevenlabs::{
     ElevenLabsConfig, ElevenLabsTelephony, SimulatedConfig, SimulatedTelephony,
 };
-use calls_store_postgres::{DbPool, PgCallRepository, RetryPolicy, build_pool};
+use calls_store_postgres::{DbPool, PgCallRepository, RetryCounter, RetryPolicy, build_pool};
 use tokio::net::TcpStream;
 
 use crate::config::{Settings, TelephonySettings};
@@ -40,6 +40,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// For pool gauges; `None` when the repository is not PostgreSQL (tests with mocks).
     pub pool: Option<DbPool>,
+    /// The PostgreSQL repository's retries, for `db_retries_total`.
+    pub db_retries: Option<RetryCounter>,
 }
 
 pub struct Application {
@@ -88,9 +90,9 @@ impl Application {
     /// Builds the PostgreSQL repository and the configured telephony, binds the listener.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let pool = build_pool(&settings.database).context("building the database pool")?;
-        let repository = Arc::new(PgCallRepository::new(pool.clone(), RetryPolicy::default()));
+        let pg = PgCallRepository::new(pool, RetryPolicy::default());
         let telephony = build_telephony(&settings)?;
-        Self::build_with(settings, repository, telephony, Some(pool))
+        Self::build_with(settings, Arc::new(pg.clone()), telephony, Some(&pg))
     }
 
     /// Builds on given adapters (tests).
@@ -98,7 +100,7 @@ impl Application {
         settings: Settings,
         repository: Arc<dyn CallRepository>,
         telephony: Arc<dyn Telephony>,
-        pool: Option<DbPool>,
+        pg: Option<&PgCallRepository>,
     ) -> anyhow::Result<Self> {
         let listener = TcpListener::bind(settings.bind_addr)
             .with_context(|| format!("binding {}", settings.bind_addr))?;
@@ -134,7 +136,8 @@ impl Application {
             repository,
             telephony,
             metrics,
-            pool,
+            pool: pg.map(|pg| pg.pool().clone()),
+            db_retries: pg.map(PgCallRepository::retries),
         });
         let server = run(listener, state.clone())?;
         Ok(Self {

@@ -29,4 +29,4 @@ pub use pool::{
     DbConfig, DbPool, PoolStats, SchemaName, application_name, build_pool,
 };
 pub use repository::PgCallRepository;
-pub use retry::{RetryPolicy, retries_taken};
+pub use retry::{RetryCounter, RetryPolicy};

@@ -14,7 +14,7 @@ use time::OffsetDateTime;
 use crate::errors::{DbError, is_unique_violation};
 use crate::models::{CallRow, NewCallRow, TranscriptionRow};
 use crate::pool::DbPool;
-use crate::retry::RetryPolicy;
+use crate::retry::{RetryCounter, RetryPolicy};
 use crate::schema::{call_transcriptions, calls};
 
 /// `CallRepository` on PostgreSQL.
@@ -22,11 +22,21 @@ use crate::schema::{call_transcriptions, calls};
 pub struct PgCallRepository {
     pool: DbPool,
     retry: RetryPolicy,
+    retries: RetryCounter,
 }
 
 impl PgCallRepository {
     pub fn new(pool: DbPool, retry: RetryPolicy) -> Self {
-        Self { pool, retry }
+        Self {
+            pool,
+            retry,
+            retries: RetryCounter::default(),
+        }
+    }
+
+    /// Retries this repository (and its clones) took after transient failures.
+    pub fn retries(&self) -> RetryCounter {
+        self.retries.clone()
     }
 
     pub fn pool(&self) -> &DbPool {
@@ -68,7 +78,7 @@ impl CallRepository for PgCallRepository {
     async fn create_call(&self, new: &NewCall) -> Result<Call, RepositoryError> {
         let start = micros(new.call_start_time);
         self.retry
-            .run("create_call", |attempt| async move {
+            .run("create_call", &self.retries, |attempt| async move {
                 let mut conn = self.conn().await?;
                 let now = OffsetDateTime::now_utc();
                 let row = NewCallRow {
@@ -116,7 +126,7 @@ impl CallRepository for PgCallRepository {
 
     async fn get_by_call_sid(&self, call_sid: &CallSid) -> Result<Option<Call>, RepositoryError> {
         self.retry
-            .run("get_by_call_sid", |_| async move {
+            .run("get_by_call_sid", &self.retries, |_| async move {
                 let mut conn = self.conn().await?;
                 find_by_call_sid(&mut conn, call_sid.as_str())
                     .await?
@@ -131,7 +141,7 @@ impl CallRepository for PgCallRepository {
         conversation_id: &ConversationId,
     ) -> Result<Option<Call>, RepositoryError> {
         self.retry
-            .run("get_by_conversation_id", |_| async move {
+            .run("get_by_conversation_id", &self.retries, |_| async move {
                 let mut conn = self.conn().await?;
                 calls::table
                     .filter(calls::conversation_id.eq(conversation_id.as_str()))
@@ -152,7 +162,7 @@ impl CallRepository for PgCallRepository {
         conversation_id: &ConversationId,
     ) -> Result<Call, RepositoryError> {
         self.retry
-            .run("set_conversation_id", |_| async move {
+            .run("set_conversation_id", &self.retries, |_| async move {
                 let mut conn = self.conn().await?;
                 // Only fills an empty slot (or re-sets the same value): idempotent, so retryable.
                 let updated = diesel::update(
@@ -208,7 +218,7 @@ impl CallRepository for PgCallRepository {
         let end = call_end_time.map(micros);
         let reason = failure_reason.as_deref();
         self.retry
-            .run("set_status", |_| async move {
+            .run("set_status", &self.retries, |_| async move {
                 let mut conn = self.conn().await?;
                 diesel::update(calls::table.filter(calls::call_sid.eq(call_sid.as_str())))
                     .set((
@@ -243,7 +253,7 @@ impl CallRepository for PgCallRepository {
         call_sid: &CallSid,
     ) -> Result<Vec<CallTranscription>, RepositoryError> {
         self.retry
-            .run("list_turns", |_| async move {
+            .run("list_turns", &self.retries, |_| async move {
                 let mut conn = self.conn().await?;
                 let conversation: Option<Option<String>> = calls::table
                     .filter(calls::call_sid.eq(call_sid.as_str()))
@@ -278,7 +288,7 @@ impl CallRepository for PgCallRepository {
         // the duplicate check, so it is retryable.
         let timestamp = micros(turn.timestamp);
         self.retry
-            .run("append_turn", |_| async move {
+            .run("append_turn", &self.retries, |_| async move {
                 let mut conn = self.conn().await?;
                 let result: Vec<i64> = diesel::select(calls_append_turn(
                     turn.call_sid.as_str(),
@@ -302,7 +312,7 @@ impl CallRepository for PgCallRepository {
         // One transaction: the event is applied whole or not at all, so a failed attempt
         // leaves nothing behind and a replay of a committed one changes nothing. Retryable.
         self.retry
-            .run("finish_call", |_| async move {
+            .run("finish_call", &self.retries, |_| async move {
                 let mut conn = self.conn().await?;
                 conn.transaction(async |conn| finish_in_transaction(conn, call_sid, finish).await)
                     .await
@@ -325,7 +335,7 @@ impl CallRepository for PgCallRepository {
     #[tracing::instrument(skip_all, fields(limit = query.limit.get()))]
     async fn list_calls(&self, query: &CallListQuery) -> Result<CallPage, RepositoryError> {
         self.retry
-            .run("list_calls", |_| async move {
+            .run("list_calls", &self.retries, |_| async move {
                 let mut conn = self.conn().await?;
                 crate::listing::list_calls(&mut conn, query).await
             })
@@ -340,7 +350,7 @@ impl CallRepository for PgCallRepository {
         limit: i64,
     ) -> Result<Vec<Call>, RepositoryError> {
         self.retry
-            .run("stale_calls", |_| async move {
+            .run("stale_calls", &self.retries, |_| async move {
                 let mut conn = self.conn().await?;
                 crate::reconciler::stale_calls(&mut conn, started_before, limit.max(0))
                     .await?
@@ -354,7 +364,7 @@ impl CallRepository for PgCallRepository {
     async fn try_lock_reconciler(&self) -> Result<Option<ReconcilerLease>, RepositoryError> {
         // Retrying is safe: a connection lost mid-attempt takes its lock with it.
         self.retry
-            .run("try_lock_reconciler", |_| async move {
+            .run("try_lock_reconciler", &self.retries, |_| async move {
                 let mut conn = self.conn().await?;
                 if !crate::reconciler::try_lock(&mut conn, &self.pool.schema).await? {
                     return Ok(None);

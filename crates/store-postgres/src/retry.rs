@@ -47,6 +47,7 @@ impl RetryPolicy {
     pub(crate) async fn run<T, F, Fut>(
         &self,
         op: &'static str,
+        retries: &RetryCounter,
         mut f: F,
     ) -> Result<T, RepositoryError>
     where
@@ -68,7 +69,7 @@ impl RetryPolicy {
                         error.cause_chain = ?e,
                         "transient database error; retrying"
                     );
-                    metrics_hook(op);
+                    retries.count();
                     tokio::time::sleep(delay).await;
                     attempt += 1;
                 }
@@ -96,15 +97,19 @@ impl RetryPolicy {
 }
 
 /// Counts retries taken, for the metrics endpoint.
-static RETRIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// Retries taken by one repository (and its clones), for the metrics endpoint. Owned by
+/// the repository and handed to whoever reports it: no process-wide state.
+#[derive(Debug, Clone, Default)]
+pub struct RetryCounter(std::sync::Arc<std::sync::atomic::AtomicU64>);
 
-fn metrics_hook(_op: &'static str) {
-    RETRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-}
+impl RetryCounter {
+    pub fn get(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
 
-/// Retries taken by every repository in this process since start.
-pub fn retries_taken() -> u64 {
-    RETRIES.load(std::sync::atomic::Ordering::Relaxed)
+    fn count(&self) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 #[cfg(test)]

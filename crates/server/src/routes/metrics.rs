@@ -23,10 +23,11 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         m.db_pool_waiters
             .set(i64::try_from(stats.waiting).unwrap_or(i64::MAX));
     }
-    // The store counts retries process-wide; bring the counter up to its total.
-    let total = calls_store_postgres::retries_taken();
-    m.db_retries
-        .inc_by(total.saturating_sub(m.db_retries.get()));
+    // The repository counts its own retries; bring the counter up to its total.
+    if let Some(retries) = &state.db_retries {
+        m.db_retries
+            .inc_by(retries.get().saturating_sub(m.db_retries.get()));
+    }
     HttpResponse::Ok()
         .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
         .body(m.render())

@@ -3,7 +3,7 @@
 //! failing, so events we cannot use are acknowledged with 200 and a log line.
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use calls_domain::service::{PostCallError, PostCallOutcome};
+use calls_domain::service::PostCallOutcome;
 use calls_elevenlabs::{PostCallWebhook, parse_post_call};
 use serde_json::json;
 
@@ -57,14 +57,7 @@ pub async fn receive(
     if let Some(sid) = event.call_sid() {
         tracing::Span::current().record("call_sid", sid.as_str());
     }
-    let outcome = state
-        .post_call
-        .execute(&event)
-        .await
-        .map_err(|e| match &e {
-            PostCallError::Unavailable(_) => ApiError::db_unavailable(&e),
-            PostCallError::Unexpected(_) => ApiError::internal(&e),
-        })?;
+    let outcome = state.post_call.execute(&event).await?;
     Ok(match outcome {
         PostCallOutcome::Completed {
             call_sid,
