@@ -97,11 +97,26 @@ impl<'de> Deserialize<'de> for LenientInt {
     }
 }
 
+/// ElevenLabs' post-call webhook body (`post_call_transcription`, `call_initiation_failure`;
+/// other types are acknowledged and ignored). `data` has the shape of the conversation
+/// API's answer; only the fields docs/api.md lists are read.
 #[derive(Debug, Deserialize)]
-struct Envelope {
+#[cfg_attr(
+    feature = "openapi",
+    derive(utoipa::ToSchema),
+    schema(as = PostCallEvent, example = json!({"type": "post_call_transcription", "event_timestamp": 1732183300, "data": {"agent_id": "agent_x", "conversation_id": "conv_abc123", "status": "done", "transcript": [{"role": "agent", "message": "Hi, this is AGY Dispatcher.", "time_in_call_secs": 0}], "metadata": {"start_time_unix_secs": 1732183200, "call_duration_secs": 95}, "analysis": {"call_successful": "success", "transcript_summary": "…", "data_collection_results": {"violation_acknowledged": {"value": true, "rationale": "…"}}}, "conversation_initiation_client_data": {"dynamic_variables": {"call_sid": "EL_333_2024-11-21T10:00:00Z"}}}}))
+)]
+pub struct PostCallEnvelope {
     #[serde(rename = "type", default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     kind: Lenient<String>,
+    /// Unix seconds (a number or a numeric string); not used.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<i64>))]
+    #[allow(dead_code)]
+    event_timestamp: LenientInt,
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     data: Option<Value>,
 }
 
@@ -292,7 +307,7 @@ fn conversation_id_of(data: &ConversationData) -> Option<ConversationId> {
 /// Malformed JSON, a missing `type`/`data`/`data.conversation_id` (for a transcription
 /// event), a NUL character, or a time out of range.
 pub fn parse_post_call(body: &[u8]) -> Result<PostCallWebhook, PayloadError> {
-    let envelope: Envelope =
+    let envelope: PostCallEnvelope =
         serde_json::from_value(json(body)?).map_err(|e| PayloadError::Json(e.to_string()))?;
     let kind = envelope.kind.0.ok_or(PayloadError::Missing("type"))?;
     let data_value = match envelope.data {

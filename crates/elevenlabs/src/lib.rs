@@ -10,7 +10,8 @@ mod wire;
 
 pub use client::{DEFAULT_BASE_URL, ElevenLabsBuildError, ElevenLabsConfig, ElevenLabsTelephony};
 pub use conversation::{
-    ConversationAnswer, PayloadError, PostCallWebhook, parse_conversation, parse_post_call,
+    ConversationAnswer, PayloadError, PostCallEnvelope, PostCallWebhook, parse_conversation,
+    parse_post_call,
 };
 pub use signature::{
     DEFAULT_TOLERANCE_SECS, SIGNATURE_HEADER, SignatureError, check_header, sign, verify,

@@ -4,32 +4,12 @@
 
 use actix_web::HttpResponse;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa::{Modify, OpenApi};
 
 use crate::routes;
 
 /// The error envelope, documented as `ErrorBody`; the type is the one that renders it.
 pub use crate::errors::ErrorEnvelope as ErrorBody;
-
-/// ElevenLabs' post-call webhook envelope (`post_call_transcription`,
-/// `call_initiation_failure`; other types are acknowledged and ignored).
-#[derive(ToSchema)]
-#[schema(example = json!({"type": "post_call_transcription", "event_timestamp": 1732183300, "data": {"agent_id": "agent_x", "conversation_id": "conv_abc123", "status": "done", "metadata": {"start_time_unix_secs": 1732183200, "call_duration_secs": 95}, "conversation_initiation_client_data": {"dynamic_variables": {"call_sid": "EL_333_2024-11-21T10:00:00Z"}}}}))]
-pub struct PostCallEventBody {
-    #[schema(rename = "type")]
-    pub kind: String,
-    /// Unix seconds (a number or a numeric string).
-    pub event_timestamp: i64,
-    #[schema(value_type = Object)]
-    pub data: serde_json::Value,
-}
-
-#[derive(ToSchema)]
-#[schema(example = json!({"status": "success", "message": "Call EL_333_2024-11-21T10:00:00Z completed"}))]
-pub struct Ack {
-    pub status: String,
-    pub message: String,
-}
 
 struct Security;
 
@@ -88,8 +68,8 @@ impl Modify for Security {
         routes::transcription_webhook::TranscriptionRequest,
         routes::batch_calls::BatchCallRequest,
         routes::batch_calls::BatchCallResponse,
-        PostCallEventBody,
-        Ack,
+        calls_elevenlabs::PostCallEnvelope,
+        routes::post_call_webhook::Ack,
     )),
     modifiers(&Security),
     tags(

@@ -5,15 +5,26 @@
 use actix_web::{HttpRequest, HttpResponse, web};
 use calls_domain::service::PostCallOutcome;
 use calls_elevenlabs::{PostCallWebhook, parse_post_call};
-use serde_json::json;
+use serde::Serialize;
 
 use crate::auth::{PostCallHook, VerifiedWebhook};
 use crate::body::require_json;
 use crate::errors::ApiError;
 use crate::startup::AppState;
 
+/// The answer to every event we accept (ElevenLabs counts only 200 as delivered).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"status": "success", "message": "Call EL_333_2024-11-21T10:00:00Z completed; 0 missing turns restored"}))]
+pub struct Ack {
+    pub status: &'static str,
+    pub message: String,
+}
+
 fn ok(message: String) -> HttpResponse {
-    HttpResponse::Ok().json(json!({"status": "success", "message": message}))
+    HttpResponse::Ok().json(Ack {
+        status: "success",
+        message,
+    })
 }
 
 /// ElevenLabs' post-call webhook: `post_call_transcription` completes the Call (end time =
@@ -23,9 +34,9 @@ fn ok(message: String) -> HttpResponse {
     post,
     path = "/webhooks/elevenlabs/post-call",
     tag = "webhooks",
-    request_body(content = crate::openapi::PostCallEventBody, content_type = "application/json"),
+    request_body(content = calls_elevenlabs::PostCallEnvelope, content_type = "application/json"),
     responses(
-        (status = 200, description = "Event applied or acknowledged", body = crate::openapi::Ack),
+        (status = 200, description = "Event applied or acknowledged", body = Ack),
         (status = 400, description = "Malformed event", body = crate::openapi::ErrorBody),
         (status = 401, description = "Missing or invalid ElevenLabs-Signature", body = crate::openapi::ErrorBody),
         (status = 408, description = "The body did not arrive within the body read timeout", body = crate::openapi::ErrorBody),
