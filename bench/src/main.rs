@@ -193,6 +193,48 @@ async fn run(options: &Options, db: &Database, settings: &pgbench::Settings) -> 
     Ok(())
 }
 
+/// What the measurements of a run share, and what they found.
+struct Run<'a> {
+    options: &'a Options,
+    server: &'a Server,
+    client: reqwest::Client,
+    meter: cpu::Meter,
+    table: Table,
+    problems: Vec<String>,
+}
+
+impl Run<'_> {
+    fn pgbench(&mut self, row: &'static str, run: pgbench::Run) {
+        self.table
+            .add(row, run.measure, &mut self.problems, run.problem);
+    }
+
+    /// Turns to `call_sids` (closed loop, or at `rate`), then every transcript checked.
+    async fn webhook(
+        &mut self,
+        row: &'static str,
+        call_sids: &[String],
+        round: u32,
+        rate: Option<u32>,
+    ) {
+        let workload = Workload::webhook(call_sids, round);
+        let load = measure(
+            self.server,
+            &self.client,
+            &workload,
+            self.options,
+            rate,
+            self.meter,
+        )
+        .await;
+        self.table
+            .add(row, load.measure(), &mut self.problems, load.problem(row));
+        let base_url = self.server.base_url();
+        self.problems
+            .extend(load::check_transcripts(&self.client, base_url, call_sids, &load).await);
+    }
+}
+
 /// All rounds; the table of medians and every problem seen (errors, bad transcripts).
 async fn rounds(
     options: &Options,
@@ -201,80 +243,64 @@ async fn rounds(
     fake: &fake::FakeElevenLabs,
     meter: cpu::Meter,
 ) -> Result<(Table, Vec<String>)> {
-    let mut table = Table::default();
-    let mut problems = Vec::new();
-    let client = load::client(options.clients)?;
-    let calls = options.calls as usize;
-    let base_url = server.base_url();
-    let duration = options.duration();
-    let mut next_driver = WEBHOOK_FIRST_DRIVER;
+    let mut run = Run {
+        options,
+        server,
+        client: load::client(options.clients)?,
+        meter,
+        table: Table::default(),
+        problems: Vec::new(),
+    };
+    let (clients, duration) = (options.clients, options.duration());
+    let per_round = 2 * options.calls + 1;
     for round in 1..=options.rounds {
         eprintln!("bench: round {round} of {}", options.rounds);
         // The calls of this round's turns: spread, one, and the fixed-rate run's.
-        let batch = Batch::new(next_driver, 2 * options.calls + 1);
-        next_driver += 2 * options.calls + 1;
+        let batch = Batch::new(WEBHOOK_FIRST_DRIVER + (round - 1) * per_round, per_round);
         batch
-            .post(&client, base_url, Duration::from_millis(options.delay_ms))
+            .post(
+                &run.client,
+                server.base_url(),
+                Duration::from_millis(options.delay_ms),
+            )
             .await
             .context("placing the calls the webhook turns go to")?;
-        let (spread, rest) = batch.call_sids.split_at(calls);
+        let (spread, rest) = batch.call_sids.split_at(options.calls as usize);
         let (one, fixed) = rest.split_at(1);
 
-        let run = pgbench.floor(options.clients, duration).await?;
-        table.add(report::FLOOR, run.measure, &mut problems, run.problem);
-        let run = pgbench.append(options.clients, duration, false).await?;
-        table.add(report::APPEND, run.measure, &mut problems, run.problem);
-        let webhook = Workload::webhook(spread, round);
-        let load = measure(server, &client, &webhook, options, None, meter).await;
-        table.add(
-            report::WEBHOOK,
-            load.measure(),
-            &mut problems,
-            load.problem("webhook spread"),
+        run.pgbench(report::FLOOR, pgbench.floor(clients, duration).await?);
+        run.pgbench(
+            report::APPEND,
+            pgbench.append(clients, duration, false).await?,
         );
-        problems.extend(load::check_transcripts(&client, base_url, spread, &load).await);
-
-        let run = pgbench.append(options.clients, duration, true).await?;
-        table.add(report::APPEND_ONE, run.measure, &mut problems, run.problem);
-        let webhook = Workload::webhook(one, round);
-        let load = measure(server, &client, &webhook, options, None, meter).await;
-        table.add(
-            report::WEBHOOK_ONE,
-            load.measure(),
-            &mut problems,
-            load.problem("webhook one call"),
+        run.webhook(report::WEBHOOK, spread, round, None).await;
+        run.pgbench(
+            report::APPEND_ONE,
+            pgbench.append(clients, duration, true).await?,
         );
-        problems.extend(load::check_transcripts(&client, base_url, one, &load).await);
+        run.webhook(report::WEBHOOK_ONE, one, round, None).await;
+        run.webhook(report::FIXED_RATE, fixed, round, Some(options.rate))
+            .await;
 
-        let webhook = Workload::webhook(fixed, round);
         let load = measure(
             server,
-            &client,
-            &webhook,
+            &run.client,
+            &Workload::Healthz,
             options,
-            Some(options.rate),
+            None,
             meter,
         )
         .await;
-        table.add(
-            report::FIXED_RATE,
-            load.measure(),
-            &mut problems,
-            load.problem("webhook fixed rate"),
-        );
-        problems.extend(load::check_transcripts(&client, base_url, fixed, &load).await);
-
-        let load = measure(server, &client, &Workload::Healthz, options, None, meter).await;
-        table.add(
+        run.table.add(
             report::HEALTHZ,
             load.measure(),
-            &mut problems,
+            &mut run.problems,
             load.problem("healthz"),
         );
-
-        table.add_placement(batch::placement(&client, base_url, fake, options).await?);
+        let placement = batch::placement(&run.client, server.base_url(), fake, options).await?;
+        run.table.add_placement(placement);
     }
-    Ok((table, problems))
+    Ok((run.table, run.problems))
 }
 
 /// One HTTP measurement, closed loop or at a fixed rate, with the CPU each side spent.

@@ -132,7 +132,7 @@ impl Database {
         let list = names.map(|n| format!("'{n}'")).join(",");
         let rows = self
             .psql(&format!(
-                "SELECT name || '=' || setting || COALESCE(unit, '') FROM pg_settings \
+                "SELECT name || '=' || current_setting(name) FROM pg_settings \
                  WHERE name IN ({list}) ORDER BY name"
             ))
             .await?;
