@@ -111,6 +111,15 @@ impl Sample {
     }
 }
 
+/// The 1-, 5- and 15-minute load averages: above the core count, other work on the
+/// machine competed with the run and its figures are low.
+pub fn load_average() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "unknown".to_string())
+}
+
 /// `2 cores, AMD EPYC …` for the report.
 pub fn machine() -> String {
     let cores = std::thread::available_parallelism().map_or(0, usize::from);

@@ -130,6 +130,7 @@ async fn bench(options: Options) -> Result<()> {
 
 async fn run(options: &Options, db: &Database, settings: &pgbench::Settings) -> Result<()> {
     let meter = cpu::Meter::new(settings.postmaster);
+    let load_before = cpu::load_average();
     let pgbench = Pgbench::prepare(db, options.calls, meter).await?;
     let fake = fake::FakeElevenLabs::start(Duration::from_millis(options.delay_ms)).await;
     let mut server = Server::start(options, db.schema(), &fake.uri()).await?;
@@ -148,8 +149,10 @@ async fn run(options: &Options, db: &Database, settings: &pgbench::Settings) -> 
     }
     let notes = [
         format!(
-            "machine: {}; the service, PostgreSQL and the load generator share it",
-            cpu::machine()
+            "machine: {}; the service, PostgreSQL and the load generator share it; load \
+             average {load_before} before the run, {} after",
+            cpu::machine(),
+            cpu::load_average()
         ),
         format!("database: {}", settings.summary()),
         format!(
