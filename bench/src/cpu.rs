@@ -12,6 +12,8 @@ pub struct Sample {
     server: Option<Duration>,
     postgres: Option<Duration>,
     load: Option<Duration>,
+    /// All cores: (busy, total) clock ticks since boot, from /proc/stat.
+    machine: Option<(u64, u64)>,
 }
 
 /// Which processes to measure.
@@ -28,6 +30,9 @@ pub struct PerOp {
     pub server: Option<f64>,
     pub postgres: Option<f64>,
     pub load: Option<f64>,
+    /// How busy all cores were, in percent, whoever used them: near 100 means the
+    /// figure is CPU-bound; well above the three processes' share means other work ran.
+    pub machine_busy: Option<f64>,
 }
 
 /// The times of `/proc/<pid>/stat`: user, system, and those of waited-for children.
@@ -75,6 +80,7 @@ impl Meter {
             server,
             postgres: self.postmaster.and_then(|pid| self.postgres(pid)),
             load: own,
+            machine: machine_ticks(),
         }
     }
 
@@ -103,12 +109,34 @@ impl Sample {
             let spent = now?.checked_sub(then?)?;
             (ops > 0).then(|| spent.as_secs_f64() * 1e6 / ops as f64)
         };
+        let busy = match (self.machine, before.machine) {
+            (Some((busy, total)), Some((busy0, total0))) if total > total0 => {
+                Some(busy.saturating_sub(busy0) as f64 * 100.0 / (total - total0) as f64)
+            }
+            _ => None,
+        };
         PerOp {
             server: per(self.server, before.server),
             postgres: per(self.postgres, before.postgres),
             load: per(self.load, before.load),
+            machine_busy: busy,
         }
     }
+}
+
+/// Busy and total ticks of all cores (`cpu` line of /proc/stat; idle and iowait are idle).
+fn machine_ticks() -> Option<(u64, u64)> {
+    let stat = fs::read_to_string("/proc/stat").ok()?;
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()?
+        .strip_prefix("cpu ")?
+        .split_whitespace()
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    let total: u64 = ticks.iter().take(8).sum();
+    let idle = ticks.get(3)? + ticks.get(4)?;
+    Some((total - idle, total))
 }
 
 /// The 1-, 5- and 15-minute load averages: above the core count, other work on the
@@ -161,6 +189,10 @@ mod tests {
         assert!(per.server.is_some());
         assert_eq!(per.postgres, None);
         assert_eq!(after.per_op_since(&before, 0).load, None);
+        assert!(
+            per.machine_busy.is_none_or(|b| (0.0..=100.0).contains(&b)),
+            "{per:?}"
+        );
     }
 
     #[test]

@@ -150,7 +150,7 @@ async fn run(options: &Options, db: &Database, settings: &pgbench::Settings) -> 
     let notes = [
         format!(
             "machine: {}; the service, PostgreSQL and the load generator share it; load \
-             average {load_before} before the run, {} after",
+             average {load_before} before the run, {} after (the run's own processes count)",
             cpu::machine(),
             cpu::load_average()
         ),

@@ -102,6 +102,7 @@ impl Table {
                 server: m(|x| x.cpu_us.server),
                 postgres: m(|x| x.cpu_us.postgres),
                 load: m(|x| x.cpu_us.load),
+                machine_busy: m(|x| x.cpu_us.machine_busy),
             },
             errors: measures.iter().map(|x| x.errors).sum(),
         })
@@ -144,9 +145,9 @@ impl Table {
     pub fn print(&self, notes: &[String]) {
         println!();
         println!(
-            "| what | per second | p50 ms | p99 ms | CPU µs per op: service / PostgreSQL / load generator | errors | compared with the same run |"
+            "| what | per second | p50 ms | p99 ms | CPU µs per op: service / PostgreSQL / load generator | all cores busy | errors | compared with the same run |"
         );
-        println!("| --- | ---: | ---: | ---: | --- | ---: | --- |");
+        println!("| --- | ---: | ---: | ---: | --- | ---: | ---: | --- |");
         for row in ROWS {
             let Some(m) = self.median_of(row) else {
                 continue;
@@ -158,10 +159,11 @@ impl Table {
                 fmt(m.cpu_us.load, 0)
             );
             println!(
-                "| {row} | {} | {} | {} | {cpu} | {} | {} |",
+                "| {row} | {} | {} | {} | {cpu} | {}% | {} | {} |",
                 thousands(m.per_second),
                 fmt(m.p50_ms, 2),
                 fmt(m.p99_ms, 2),
+                fmt(m.cpu_us.machine_busy, 0),
                 m.errors,
                 self.comparison(row)
             );
@@ -185,7 +187,7 @@ impl Table {
         let sequential = base * f64::from(n);
         let rounds = n.div_ceil(first.concurrency.max(1));
         Some(format!(
-            "| batch placement: {n} drivers, CALL_CONCURRENCY {}, fake ElevenLabs answering after a fixed delay | {} calls | – | – | – | 0 | {large:.2} s = {:.1} × the 1-driver batch ({base:.3} s); ideal {rounds} × it; {:.1} × faster than sequential; peak {peak} calls at once |",
+            "| batch placement: {n} drivers, CALL_CONCURRENCY {}, fake ElevenLabs answering after a fixed delay | {} calls | – | – | – | – | 0 | {large:.2} s = {:.1} × the 1-driver batch ({base:.3} s); ideal {rounds} × it; {:.1} × faster than sequential; peak {peak} calls at once |",
             first.concurrency,
             fmt(Some(f64::from(n) / large), 0),
             large / base,
