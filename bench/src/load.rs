@@ -166,6 +166,7 @@ impl Load {
             p99_ms: ms(99),
             cpu_us: self.cpu,
             errors: self.failures(),
+            peak_rss_mib: None,
         }
     }
 

@@ -208,33 +208,25 @@ struct Run<'a> {
 
 impl Run<'_> {
     fn pgbench(&mut self, row: &'static str, run: pgbench::Run) {
-        self.table
-            .add(row, run.measure, &mut self.problems, run.problem);
+        self.add(row, run.measure, run.problem);
     }
 
-    /// Turns to `call_sids` (closed loop, or at `rate`), then every transcript checked.
-    async fn webhook(
-        &mut self,
-        row: &'static str,
-        call_sids: &[String],
-        round: u32,
-        rate: Option<u32>,
-    ) {
-        let workload = Workload::webhook(call_sids, round);
-        let load = measure(
-            self.server,
-            &self.client,
-            &workload,
-            self.options,
-            rate,
-            self.meter,
-        )
-        .await;
-        self.table
-            .add(row, load.measure(), &mut self.problems, load.problem(row));
-        let base_url = self.server.base_url();
-        self.problems
-            .extend(load::check_transcripts(&self.client, base_url, call_sids, &load).await);
+    /// A row's measurement, with the service's peak memory so far.
+    fn add(&mut self, row: &'static str, mut measure: report::Measure, problem: Option<String>) {
+        measure.peak_rss_mib = self.server.peak_rss_kib().map(|kib| kib as f64 / 1024.0);
+        self.table.add(row, measure, &mut self.problems, problem);
+    }
+
+    /// An HTTP measurement (closed loop, or at `rate`); for turns, every transcript checked.
+    async fn http(&mut self, row: &'static str, workload: Workload<'_>, rate: Option<u32>) {
+        let (server, options, meter) = (self.server, self.options, self.meter);
+        let load = measure(server, &self.client, &workload, options, rate, meter).await;
+        self.add(row, load.measure(), load.problem(row));
+        if let Workload::Webhook { call_sids, .. } = workload {
+            let checked =
+                load::check_transcripts(&self.client, server.base_url(), call_sids, &load);
+            self.problems.extend(checked.await);
+        }
     }
 }
 
@@ -276,30 +268,22 @@ async fn rounds(
             report::APPEND,
             pgbench.append(clients, duration, false).await?,
         );
-        run.webhook(report::WEBHOOK, spread, round, None).await;
+        run.http(report::WEBHOOK, Workload::webhook(spread, round), None)
+            .await;
         run.pgbench(
             report::APPEND_ONE,
             pgbench.append(clients, duration, true).await?,
         );
-        run.webhook(report::WEBHOOK_ONE, one, round, None).await;
-        run.webhook(report::FIXED_RATE, fixed, round, Some(options.rate))
+        run.http(report::WEBHOOK_ONE, Workload::webhook(one, round), None)
             .await;
-
-        let load = measure(
-            server,
-            &run.client,
-            &Workload::Healthz,
-            options,
-            None,
-            meter,
+        run.http(
+            report::FIXED_RATE,
+            Workload::webhook(fixed, round),
+            Some(options.rate),
         )
         .await;
-        run.table.add(
-            report::HEALTHZ,
-            load.measure(),
-            &mut run.problems,
-            load.problem("healthz"),
-        );
+
+        run.http(report::HEALTHZ, Workload::Healthz, None).await;
         let placement = batch::placement(&run.client, server.base_url(), fake, options).await?;
         run.table.add_placement(placement);
     }

@@ -316,6 +316,7 @@ impl Pgbench {
                     ..after.per_op_since(&before, transactions)
                 },
                 errors: failed as u64 + u64::from(!out.status.success()),
+                peak_rss_mib: None,
             },
             problem,
         })

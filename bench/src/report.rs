@@ -31,6 +31,8 @@ pub struct Measure {
     pub p99_ms: Option<f64>,
     pub cpu_us: PerOp,
     pub errors: u64,
+    /// The service's peak resident memory so far (VmHWM) when the measurement ended.
+    pub peak_rss_mib: Option<f64>,
 }
 
 #[derive(Default)]
@@ -105,6 +107,10 @@ impl Table {
                 machine_busy: m(|x| x.cpu_us.machine_busy),
             },
             errors: measures.iter().map(|x| x.errors).sum(),
+            peak_rss_mib: measures
+                .iter()
+                .filter_map(|x| x.peak_rss_mib)
+                .reduce(f64::max),
         })
     }
 
@@ -145,9 +151,9 @@ impl Table {
     pub fn print(&self, notes: &[String]) {
         println!();
         println!(
-            "| what | per second | p50 ms | p99 ms | CPU µs per op: service / PostgreSQL / load generator | all cores busy | errors | compared with the same run |"
+            "| what | per second | p50 ms | p99 ms | CPU µs per op: service / PostgreSQL / load generator | all cores busy | service peak RSS MiB | errors | compared with the same run |"
         );
-        println!("| --- | ---: | ---: | ---: | --- | ---: | ---: | --- |");
+        println!("| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | --- |");
         for row in ROWS {
             let Some(m) = self.median_of(row) else {
                 continue;
@@ -159,11 +165,12 @@ impl Table {
                 fmt(m.cpu_us.load, 0)
             );
             println!(
-                "| {row} | {} | {} | {} | {cpu} | {}% | {} | {} |",
+                "| {row} | {} | {} | {} | {cpu} | {}% | {} | {} | {} |",
                 thousands(m.per_second),
                 fmt(m.p50_ms, 2),
                 fmt(m.p99_ms, 2),
                 fmt(m.cpu_us.machine_busy, 0),
+                fmt(m.peak_rss_mib, 1),
                 m.errors,
                 self.comparison(row)
             );
@@ -187,7 +194,7 @@ impl Table {
         let sequential = base * f64::from(n);
         let rounds = n.div_ceil(first.concurrency.max(1));
         Some(format!(
-            "| batch placement: {n} drivers, CALL_CONCURRENCY {}, fake ElevenLabs answering after a fixed delay | {} calls | – | – | – | – | 0 | {large:.2} s = {:.1} × the 1-driver batch ({base:.3} s); ideal {rounds} × it; {:.1} × faster than sequential; peak {peak} calls at once |",
+            "| batch placement: {n} drivers, CALL_CONCURRENCY {}, fake ElevenLabs answering after a fixed delay | {} calls | – | – | – | – | – | 0 | {large:.2} s = {:.1} × the 1-driver batch ({base:.3} s); ideal {rounds} × it; {:.1} × faster than sequential; peak {peak} calls at once |",
             first.concurrency,
             fmt(Some(f64::from(n) / large), 0),
             large / base,
