@@ -107,10 +107,11 @@ impl Table {
                 machine_busy: m(|x| x.cpu_us.machine_busy),
             },
             errors: measures.iter().map(|x| x.errors).sum(),
+            // VmHWM only grows: the first round's value says which row first needed the memory.
             peak_rss_mib: measures
                 .iter()
                 .filter_map(|x| x.peak_rss_mib)
-                .reduce(f64::max),
+                .reduce(f64::min),
         })
     }
 
@@ -151,7 +152,7 @@ impl Table {
     pub fn print(&self, notes: &[String]) {
         println!();
         println!(
-            "| what | per second | p50 ms | p99 ms | CPU µs per op: service / PostgreSQL / load generator | all cores busy | service peak RSS MiB | errors | compared with the same run |"
+            "| what | per second | p50 ms | p99 ms | CPU µs per op: service / PostgreSQL / load generator | all cores busy | service peak RSS MiB, so far in round 1 | errors | compared with the same run |"
         );
         println!("| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | --- |");
         for row in ROWS {
