@@ -1,64 +1,76 @@
 //! `cargo xtask db up|down|url`: pick the PostgreSQL to develop and test against.
 //!
-//! A reachable `DATABASE_URL` wins. Otherwise xtask runs a private cluster under
-//! `target/xtask-pg`, on 127.0.0.1 only, with trust auth and fsync off: it is a
-//! throwaway database, so speed matters more than durability.
+//! A reachable `DATABASE_URL` wins (`pg_isready`, i.e. libpq, reads the URL and asks the
+//! server). Otherwise xtask runs a private cluster under `target/xtask-pg`, on 127.0.0.1
+//! only, with trust auth and fsync off: it is a throwaway database, so speed matters more
+//! than durability. `cargo xtask bench` gets a second private cluster with PostgreSQL's
+//! durable defaults instead (`target/xtask-pg-durable`).
 
 use std::env;
-use std::fmt;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::error::{Context, Error, Result};
+use anyhow::{Context, Result, anyhow, bail};
+
 use crate::process::{
-    find_in_path, is_executable, is_root, output, project_root, run_quietly, shell_quote,
-    tcp_reachable,
+    find_in_path, is_executable, is_root, output, run_quietly, shell_quote, tcp_reachable,
 };
 
-const DEFAULT_PG_PORT: u16 = 54329;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// `sun_path` is 108 bytes on Linux (104 on macOS); longer socket paths make postgres fail.
 const MAX_SOCKET_PATH: usize = 100;
 
-pub fn cmd(args: &[String]) -> Result<()> {
-    match args.first().map(String::as_str) {
-        Some("up") | Some("url") => {
+#[derive(clap::Subcommand)]
+pub enum Action {
+    /// Start a database if needed and print its URL
+    Up,
+    /// Print the database URL (starting the private cluster if needed)
+    Url,
+    /// Stop the private PostgreSQL clusters
+    Down,
+}
+
+pub fn cmd(root: &Path, action: Action) -> Result<()> {
+    match action {
+        Action::Up | Action::Url => {
             // Only the URL goes to stdout, so `export DATABASE_URL=$(cargo xtask db url)` works.
-            println!("{}", ensure_database()?);
+            println!("{}", ensure_database(root)?);
             Ok(())
         }
-        Some("down") => down(),
-        Some(other) => {
-            Err(format!("unknown db command `{other}`; expected up, down or url").into())
-        }
-        None => Err("missing db command; expected up, down or url".into()),
+        Action::Down => down(root),
     }
 }
 
 /// Make sure a database is available and return its URL. Callers hand it to their
 /// children as `DATABASE_URL`; nothing is exported into our own environment.
-pub fn ensure_database() -> Result<String> {
+pub fn ensure_database(root: &Path) -> Result<String> {
     if let Some(url) = user_database_url() {
-        match parse_endpoint(&url) {
-            Ok(endpoint) if endpoint.reachable() => {
-                eprintln!("xtask: using DATABASE_URL ({endpoint})");
+        match probe(&url) {
+            Probe::Ready(server) => {
+                eprintln!("xtask: using DATABASE_URL ({server})");
                 return Ok(url);
             }
-            Ok(endpoint) => eprintln!(
-                "xtask: DATABASE_URL is set but {endpoint} is not reachable; \
-                 using the private cluster instead"
-            ),
-            Err(e) => eprintln!(
-                "xtask: cannot read DATABASE_URL ({e}); using the private cluster instead"
+            Probe::NoTool => {
+                // Without the client tools no private cluster can start either.
+                eprintln!("xtask: pg_isready not found; using DATABASE_URL unchecked");
+                return Ok(url);
+            }
+            Probe::NotReady(why) => eprintln!(
+                "xtask: DATABASE_URL is set but not usable ({why}); using the private cluster instead"
             ),
         }
     }
-    ensure_private(&project_root()?)
+    ensure_private(root, Kind::Test)
+}
+
+/// The durable private cluster for `cargo xtask bench`: PostgreSQL's defaults (fsync,
+/// synchronous_commit and full_page_writes on), apart from the throwaway test cluster.
+pub fn ensure_durable(root: &Path) -> Result<String> {
+    ensure_private(root, Kind::Durable)
 }
 
 fn user_database_url() -> Option<String> {
@@ -67,167 +79,134 @@ fn user_database_url() -> Option<String> {
         .filter(|url| !url.trim().is_empty())
 }
 
-fn down() -> Result<()> {
-    if let Some(url) = user_database_url() {
-        let target = parse_endpoint(&url).map_or_else(|e| e, |endpoint| endpoint.to_string());
+enum Probe {
+    /// pg_isready's description of the server, e.g. `127.0.0.1:5432 - accepting connections`.
+    Ready(String),
+    NotReady(String),
+    NoTool,
+}
+
+/// Ask libpq, through `pg_isready`, whether the server `url` names accepts connections.
+fn probe(url: &str) -> Probe {
+    // pg_isready takes anything else for a database name on the default server.
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Probe::NotReady("expected a postgres:// or postgresql:// URL".to_string());
+    }
+    let Some(pg_isready) = find_in_path("pg_isready")
+        .or_else(|| find_pg_bindir().ok().map(|dir| dir.join("pg_isready")))
+    else {
+        return Probe::NoTool;
+    };
+    let timeout = CONNECT_TIMEOUT.as_secs().to_string();
+    let result = Command::new(pg_isready)
+        .args(["-t", &timeout, "-d", url])
+        .stdin(std::process::Stdio::null())
+        .output();
+    let Ok(out) = result else {
+        return Probe::NoTool;
+    };
+    let said = |bytes: &[u8]| String::from_utf8_lossy(bytes).trim().to_string();
+    let text = [said(&out.stdout), said(&out.stderr)]
+        .into_iter()
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
+    if out.status.success() {
+        Probe::Ready(text)
+    } else {
+        Probe::NotReady(text)
+    }
+}
+
+fn down(root: &Path) -> Result<()> {
+    if user_database_url().is_some() {
         eprintln!(
-            "xtask: DATABASE_URL is in use ({target}); xtask does not manage that server \
-             and leaves it running."
+            "xtask: DATABASE_URL is set; xtask does not manage that server and leaves it running."
         );
     }
-    let root = project_root()?;
-    let fallback = Layout::fallback(&root)?;
+    for kind in [Kind::Test, Kind::Durable] {
+        stop_private(root, kind)?;
+    }
+    Ok(())
+}
+
+fn stop_private(root: &Path, kind: Kind) -> Result<()> {
+    let fallback = Layout::fallback(root, kind)?;
     let layout = if Path::new(&fallback.data).join("PG_VERSION").exists() {
         fallback
     } else {
-        Layout::new(&root)?
+        Layout::new(root, kind)?
     };
+    let name = kind.name();
     if !Path::new(&layout.data).join("PG_VERSION").exists() {
-        eprintln!(
-            "xtask: no private cluster in {}; nothing to stop",
-            layout.base
-        );
+        if kind == Kind::Test {
+            eprintln!("xtask: no {name} in {}; nothing to stop", layout.base);
+        }
         return Ok(());
     }
     let cluster = Cluster::prepare(layout)?;
     match cluster.state()? {
         State::Running => {
             cluster.stop()?;
-            eprintln!("xtask: private cluster stopped");
+            eprintln!("xtask: {name} stopped");
         }
         State::Stale => {
             cluster.remove_stale_pid_file()?;
-            eprintln!("xtask: private cluster was not running (removed a stale pid file)");
+            eprintln!("xtask: {name} was not running (removed a stale pid file)");
         }
-        State::Stopped => eprintln!("xtask: private cluster is not running"),
+        State::Stopped => eprintln!("xtask: {name} is not running"),
     }
     Ok(())
 }
 
 // ---------------------------------------------------------------------------------------
-// Where a postgres URL points
-
-/// The server a `postgres://` URL points at, enough to check that it is up.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Endpoint {
-    Tcp {
-        host: String,
-        port: u16,
-    },
-    /// No host in the URL: libpq uses a unix socket in this directory.
-    Unix {
-        dir: String,
-        port: u16,
-    },
-}
-
-impl Endpoint {
-    fn reachable(&self) -> bool {
-        match self {
-            Endpoint::Tcp { host, port } => tcp_reachable(host, *port, CONNECT_TIMEOUT),
-            Endpoint::Unix { dir, port } => {
-                UnixStream::connect(format!("{dir}/.s.PGSQL.{port}")).is_ok()
-            }
-        }
-    }
-}
-
-impl fmt::Display for Endpoint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Endpoint::Tcp { host, port } if host.contains(':') => write!(f, "[{host}]:{port}"),
-            Endpoint::Tcp { host, port } => write!(f, "{host}:{port}"),
-            Endpoint::Unix { dir, port } => write!(f, "socket {dir}/.s.PGSQL.{port}"),
-        }
-    }
-}
-
-/// Parse `postgres://user[:pw]@host[:port]/db?...` far enough to find the server.
-/// Also understands `[v6]:port`, a host list (first one wins) and `?host=`/`?port=`.
-pub fn parse_endpoint(url: &str) -> std::result::Result<Endpoint, String> {
-    let rest = url
-        .strip_prefix("postgres://")
-        .or_else(|| url.strip_prefix("postgresql://"))
-        .ok_or("expected a postgres:// or postgresql:// URL")?;
-    let (authority, tail) = rest.split_at(rest.find(['/', '?', '#']).unwrap_or(rest.len()));
-    // The password may contain '@', so the host starts after the last one.
-    let hosts = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let first = hosts.split(',').next().unwrap_or_default();
-
-    let (mut host, port) = if let Some(bracketed) = first.strip_prefix('[') {
-        let (v6, after) = bracketed.split_once(']').ok_or("unclosed '[' in host")?;
-        let port = match after {
-            "" => None,
-            _ => Some(after.strip_prefix(':').ok_or("unexpected text after ']'")?),
-        };
-        (v6.to_string(), port)
-    } else {
-        match first.split_once(':') {
-            Some((h, p)) => (h.to_string(), Some(p)),
-            None => (first.to_string(), None),
-        }
-    };
-    let mut port = match port {
-        None | Some("") => 5432,
-        Some(p) => p.parse().map_err(|_| format!("invalid port `{p}`"))?,
-    };
-
-    let query = tail
-        .split_once('?')
-        .map_or("", |(_, q)| q.split('#').next().unwrap_or_default());
-    for pair in query.split('&') {
-        match pair.split_once('=') {
-            Some(("host", v)) if host.is_empty() => host = percent_decode(v),
-            Some(("port", v)) => port = v.parse().map_err(|_| format!("invalid port `{v}`"))?,
-            _ => {}
-        }
-    }
-
-    if host.is_empty() {
-        let dir = if cfg!(target_os = "macos") {
-            "/tmp"
-        } else {
-            "/var/run/postgresql"
-        };
-        Ok(Endpoint::Unix {
-            dir: dir.to_string(),
-            port,
-        })
-    } else if host.starts_with('/') {
-        Ok(Endpoint::Unix { dir: host, port })
-    } else {
-        Ok(Endpoint::Tcp { host, port })
-    }
-}
-
-/// Decode `%2F`-style escapes (a socket directory in `?host=` is usually escaped).
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok());
-        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
-            (b'%', Some(byte)) => {
-                out.push(byte);
-                i += 3;
-            }
-            (byte, _) => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-// ---------------------------------------------------------------------------------------
 // The private cluster
+
+/// Which private cluster: the throwaway one for tests and dev runs, or the durable one
+/// that `cargo xtask bench` measures against.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Test,
+    Durable,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Test => "private cluster",
+            Kind::Durable => "durable bench cluster",
+        }
+    }
+
+    /// Directory name under target/ (and in the temp-dir fallback).
+    fn dir(self) -> &'static str {
+        match self {
+            Kind::Test => "xtask-pg",
+            Kind::Durable => "xtask-pg-durable",
+        }
+    }
+
+    /// The environment variable that moves it to another port, and its default port.
+    fn port_setting(self) -> (&'static str, u16) {
+        match self {
+            Kind::Test => ("XTASK_PG_PORT", 54329),
+            Kind::Durable => ("XTASK_BENCH_PG_PORT", 54330),
+        }
+    }
+
+    /// Server options. The test cluster trades durability for speed; the bench cluster
+    /// states PostgreSQL's durable defaults explicitly, so a postgresql.conf cannot undo them.
+    fn settings(self) -> &'static str {
+        match self {
+            Kind::Test => "-c fsync=off -c synchronous_commit=off -c full_page_writes=off",
+            Kind::Durable => "-c fsync=on -c synchronous_commit=on -c full_page_writes=on",
+        }
+    }
+}
 
 /// Paths of the private cluster, as strings because they end up in shell command lines.
 struct Layout {
+    kind: Kind,
     base: String,
     data: String,
     log: String,
@@ -235,34 +214,37 @@ struct Layout {
 }
 
 impl Layout {
-    fn new(root: &Path) -> Result<Self> {
-        Self::at(root.join("target").join("xtask-pg"))
+    fn new(root: &Path, kind: Kind) -> Result<Self> {
+        Self::at(root.join("target").join(kind.dir()), kind)
     }
 
     /// Where the cluster lives when the `postgres` user cannot reach the checkout (a clone
     /// under root's home, say): a directory in the temp dir, named after the checkout so
     /// that it is reused across runs.
-    fn fallback(root: &Path) -> Result<Self> {
+    fn fallback(root: &Path, kind: Kind) -> Result<Self> {
         use std::hash::{Hash, Hasher};
         // DefaultHasher::new() has fixed keys: the same checkout gets the same directory.
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         root.hash(&mut hasher);
-        Self::at(env::temp_dir().join(format!("calls-xtask-pg-{:016x}", hasher.finish())))
+        let name = format!("calls-{}-{:016x}", kind.dir(), hasher.finish());
+        Self::at(env::temp_dir().join(name), kind)
     }
 
-    fn at(base: PathBuf) -> Result<Self> {
+    fn at(base: PathBuf, kind: Kind) -> Result<Self> {
         let str_of = |p: PathBuf| {
             p.to_str()
                 .map(str::to_string)
-                .ok_or_else(|| Error::from(format!("path is not UTF-8: {}", p.display())))
+                .ok_or_else(|| anyhow!("path is not UTF-8: {}", p.display()))
         };
-        let port = match env::var("XTASK_PG_PORT") {
+        let (variable, default) = kind.port_setting();
+        let port = match env::var(variable) {
             Ok(p) if !p.is_empty() => p
                 .parse()
-                .map_err(|_| format!("XTASK_PG_PORT must be a port number, got `{p}`"))?,
-            _ => DEFAULT_PG_PORT,
+                .map_err(|_| anyhow!("{variable} must be a port number, got `{p}`"))?,
+            _ => default,
         };
         Ok(Layout {
+            kind,
             data: str_of(base.join("data"))?,
             log: str_of(base.join("postgres.log"))?,
             base: str_of(base)?,
@@ -289,8 +271,9 @@ struct Cluster {
     run_as: Option<String>,
 }
 
-fn ensure_private(root: &Path) -> Result<String> {
-    let layout = Layout::new(root)?;
+fn ensure_private(root: &Path, kind: Kind) -> Result<String> {
+    let layout = Layout::new(root, kind)?;
+    let name = kind.name();
     let url = layout.url();
 
     // Cheapest check first: an earlier run (or another checkout) already serves this port.
@@ -302,23 +285,20 @@ fn ensure_private(root: &Path) -> Result<String> {
             return Ok(url);
         }
         eprintln!(
-            "xtask: something listens on 127.0.0.1:{} but does not answer SQL; starting our own cluster",
+            "xtask: something listens on 127.0.0.1:{} but does not answer SQL; starting our {name}",
             layout.port
         );
     }
 
-    let fallback = Layout::fallback(root)?;
+    let fallback = Layout::fallback(root, kind)?;
     let cluster = if Path::new(&fallback.data).join("PG_VERSION").exists() {
         Cluster::prepare(fallback)?
     } else {
         match Cluster::prepare(layout) {
             Ok(cluster) => cluster,
             Err(e) if is_root() => {
-                eprintln!("xtask: {e}");
-                eprintln!(
-                    "xtask: keeping the private cluster in {} instead",
-                    fallback.base
-                );
+                eprintln!("xtask: {e:#}");
+                eprintln!("xtask: keeping the {name} in {} instead", fallback.base);
                 Cluster::prepare(fallback)?
             }
             Err(e) => return Err(e),
@@ -331,13 +311,13 @@ fn ensure_private(root: &Path) -> Result<String> {
             // changed), so restart it with our options.
             if cluster.wait_for_port(Duration::from_secs(5)) {
                 eprintln!(
-                    "xtask: reusing the private cluster on 127.0.0.1:{}",
+                    "xtask: reusing the {name} on 127.0.0.1:{}",
                     cluster.layout.port
                 );
                 return Ok(url);
             }
             eprintln!(
-                "xtask: private cluster runs but not on port {}; restarting it",
+                "xtask: the {name} runs but not on port {}; restarting it",
                 cluster.layout.port
             );
             cluster.stop()?;
@@ -356,7 +336,7 @@ impl Cluster {
     /// Find the binaries, create `target/xtask-pg`, and when root hand it to a non-root user.
     fn prepare(layout: Layout) -> Result<Self> {
         let bin = find_pg_bindir()?;
-        fs::create_dir_all(&layout.base).context(|| format!("creating {}", layout.base))?;
+        fs::create_dir_all(&layout.base).with_context(|| format!("creating {}", layout.base))?;
         let run_as = if is_root() {
             let user = if output(Command::new("id").args(["-u", "postgres"])).is_some() {
                 "postgres"
@@ -413,7 +393,7 @@ impl Cluster {
         }
         msg += "\nOr move the checkout somewhere world-readable, or set DATABASE_URL to an \
                 existing PostgreSQL server.";
-        Err(msg.into())
+        Err(anyhow!(msg))
     }
 
     /// A command run as the cluster's user: directly when we are not root, else through
@@ -460,10 +440,11 @@ impl Cluster {
                 "xtask: removing incomplete data directory {}",
                 self.layout.data
             );
-            fs::remove_dir_all(data).context(|| format!("removing {}", self.layout.data))?;
+            fs::remove_dir_all(data).with_context(|| format!("removing {}", self.layout.data))?;
         }
         eprintln!(
-            "xtask: creating the private cluster in {} (first run only)",
+            "xtask: creating the {} in {} (first run only)",
+            self.layout.kind.name(),
             self.layout.data
         );
         let mut initdb = self.pg(
@@ -480,11 +461,11 @@ impl Cluster {
             ],
         );
         // initdb is chatty; show its output only when it fails.
-        let out = initdb.output().context(|| "starting initdb".to_string())?;
+        let out = initdb.output().context("starting initdb")?;
         if !out.status.success() {
             eprint!("{}", String::from_utf8_lossy(&out.stdout));
             eprint!("{}", String::from_utf8_lossy(&out.stderr));
-            return Err("initdb failed (output above)".into());
+            bail!("initdb failed (output above)");
         }
         Ok(())
     }
@@ -541,7 +522,7 @@ impl Cluster {
 
     fn remove_stale_pid_file(&self) -> Result<()> {
         let pid_file = self.pid_file();
-        fs::remove_file(&pid_file).context(|| format!("removing {}", pid_file.display()))
+        fs::remove_file(&pid_file).with_context(|| format!("removing {}", pid_file.display()))
     }
 
     fn wait_for_port(&self, timeout: Duration) -> bool {
@@ -559,11 +540,11 @@ impl Cluster {
 
     fn start(&self) -> Result<()> {
         let Layout {
+            kind,
             base,
             data,
             log,
             port,
-            ..
         } = &self.layout;
         // pg_ctl hands -o to /bin/sh, so the socket directory must be shell-quoted.
         let socket_dir = if base.len() + "/.s.PGSQL.65535".len() <= MAX_SOCKET_PATH {
@@ -573,10 +554,13 @@ impl Cluster {
             "''".to_string()
         };
         let options = format!(
-            "-p {port} -k {socket_dir} -c listen_addresses=127.0.0.1 -c max_connections=200 \
-             -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+            "-p {port} -k {socket_dir} -c listen_addresses=127.0.0.1 -c max_connections=200 {}",
+            kind.settings()
         );
-        eprintln!("xtask: starting the private cluster on 127.0.0.1:{port} (log: {log})");
+        eprintln!(
+            "xtask: starting the {} on 127.0.0.1:{port} (log: {log})",
+            kind.name()
+        );
         let started = run_quietly(
             &mut self.pg(
                 "pg_ctl",
@@ -587,11 +571,11 @@ impl Cluster {
         if let Err(e) = started {
             eprintln!("xtask: last lines of {log}:");
             eprintln!("{}", tail(Path::new(log), 30));
-            return Err(format!(
-                "{e}\nIf the log says the data files are incompatible or damaged, delete {base} \
-                 and try again (it is a throwaway database)."
-            )
-            .into());
+            return Err(e.context(format!(
+                "the {} did not start; if its log says the data files are incompatible or \
+                 damaged, delete {base} and try again (it is a throwaway database)",
+                kind.name()
+            )));
         }
         Ok(())
     }
@@ -608,8 +592,6 @@ pub fn tail(path: &Path, n: usize) -> String {
     }
 }
 
-/// Where `initdb` and `pg_ctl` live: `pg_config --bindir`, the newest Debian/Ubuntu
-/// install, Homebrew's keg-only formulae, then `initdb` on PATH.
 /// `psql -c 'SELECT 1'` against `url` succeeds (and creates a table, so a cluster whose
 /// files are gone fails here rather than in the tests).
 fn answers_sql(url: &str) -> bool {
@@ -632,7 +614,9 @@ fn answers_sql(url: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-fn find_pg_bindir() -> Result<PathBuf> {
+/// Where `initdb` and `pg_ctl` live: `pg_config --bindir`, the newest Debian/Ubuntu
+/// install, Homebrew's keg-only formulae, then `initdb` on PATH.
+pub fn find_pg_bindir() -> Result<PathBuf> {
     let has_tools =
         |dir: &Path| is_executable(&dir.join("initdb")) && is_executable(&dir.join("pg_ctl"));
 
@@ -682,14 +666,13 @@ fn find_pg_bindir() -> Result<PathBuf> {
             }
         }
     }
-    Err(
+    bail!(
         "PostgreSQL server binaries (initdb, pg_ctl) were not found.\n\
          Install PostgreSQL:\n  \
            Debian/Ubuntu: sudo apt-get install postgresql\n  \
            macOS:         brew install postgresql@15\n\
          or set DATABASE_URL to an existing server, e.g.\n  \
            export DATABASE_URL=postgres://user:password@localhost:5432/calls"
-            .into(),
     )
 }
 
@@ -697,79 +680,18 @@ fn find_pg_bindir() -> Result<PathBuf> {
 mod tests {
     use super::*;
 
-    fn tcp(host: &str, port: u16) -> Endpoint {
-        Endpoint::Tcp {
-            host: host.to_string(),
-            port,
-        }
+    #[test]
+    fn urls_that_are_not_postgres_are_not_probed() {
+        assert!(matches!(probe("mysql://localhost/db"), Probe::NotReady(_)));
+        assert!(matches!(probe("calls"), Probe::NotReady(_)));
     }
 
     #[test]
-    fn parses_host_and_port() {
-        assert_eq!(
-            parse_endpoint("postgres://app:secret@db.internal:6543/calls"),
-            Ok(tcp("db.internal", 6543))
-        );
-    }
-
-    #[test]
-    fn port_defaults_to_5432() {
-        assert_eq!(
-            parse_endpoint("postgres://postgres@localhost/postgres"),
-            Ok(tcp("localhost", 5432))
-        );
-        assert_eq!(
-            parse_endpoint("postgresql://localhost"),
-            Ok(tcp("localhost", 5432))
-        );
-        assert_eq!(parse_endpoint("postgres://u@h:/d"), Ok(tcp("h", 5432)));
-    }
-
-    #[test]
-    fn ignores_query_and_at_signs_in_the_password() {
-        assert_eq!(
-            parse_endpoint("postgres://u:p@ss@127.0.0.1:54329/postgres?sslmode=disable&x=@y"),
-            Ok(tcp("127.0.0.1", 54329))
-        );
-    }
-
-    #[test]
-    fn parses_ipv6_and_host_lists() {
-        assert_eq!(
-            parse_endpoint("postgres://u@[::1]:5433/db"),
-            Ok(tcp("::1", 5433))
-        );
-        assert_eq!(parse_endpoint("postgres://[::1]/db"), Ok(tcp("::1", 5432)));
-        assert_eq!(parse_endpoint("postgres://u@a:1,b:2/db"), Ok(tcp("a", 1)));
-    }
-
-    #[test]
-    fn hostless_urls_use_a_unix_socket() {
-        assert_eq!(
-            parse_endpoint("postgres:///calls?host=%2Ftmp%2Fpg&port=5499"),
-            Ok(Endpoint::Unix {
-                dir: "/tmp/pg".to_string(),
-                port: 5499
-            })
-        );
-        assert!(matches!(
-            parse_endpoint("postgres:///calls"),
-            Ok(Endpoint::Unix { port: 5432, .. })
-        ));
-    }
-
-    #[test]
-    fn rejects_bad_urls() {
-        assert!(parse_endpoint("mysql://localhost/db").is_err());
-        assert!(parse_endpoint("postgres://localhost:99999/db").is_err());
-        assert!(parse_endpoint("postgres://localhost:abc/db").is_err());
-        assert!(parse_endpoint("postgres://[::1/db").is_err());
-    }
-
-    #[test]
-    fn endpoint_display() {
-        assert_eq!(tcp("::1", 5432).to_string(), "[::1]:5432");
-        assert_eq!(tcp("localhost", 5432).to_string(), "localhost:5432");
+    fn the_bench_cluster_is_durable_and_apart_from_the_test_cluster() {
+        assert!(!Kind::Durable.settings().contains("=off"));
+        assert!(Kind::Test.settings().contains("fsync=off"));
+        assert_ne!(Kind::Test.dir(), Kind::Durable.dir());
+        assert_ne!(Kind::Test.port_setting(), Kind::Durable.port_setting());
     }
 
     #[test]
@@ -787,10 +709,11 @@ mod tests {
         let base_str = base.to_string_lossy().into_owned();
         let cluster = Cluster {
             layout: Layout {
+                kind: Kind::Test,
                 data: format!("{base_str}/data"),
                 log: format!("{base_str}/postgres.log"),
                 base: base_str,
-                port: DEFAULT_PG_PORT,
+                port: Kind::Test.port_setting().1,
             },
             bin: PathBuf::from("/nonexistent"),
             run_as: Some("nobody".to_string()),

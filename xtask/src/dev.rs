@@ -3,26 +3,30 @@
 
 use std::env;
 use std::fs::File;
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::clock::{rfc3339_utc, unix_now};
+use anyhow::{Context, Result, anyhow, bail};
+use reqwest::blocking::Client;
+use serde::Deserialize;
+use serde_json::json;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
 use crate::db::{ensure_database, tail};
-use crate::error::{Context, Error, Result};
-use crate::http::http_request;
-use crate::json::{self, Json};
-use crate::process::{cargo, check, project_root, run, shell_quote, target_dir, tcp_reachable};
-use crate::signing::signature_header;
+use crate::process::{cargo, check, run, shell_quote, target_dir};
 
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(60);
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 const POLL_INTERVAL: Duration = Duration::from_millis(250);
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// A hung server fails the command instead of blocking it forever.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// `calls-server migrate [args]` against `db_url`, through cargo so it is built first.
+/// `calls-server <subcommand> [args]` against `db_url`, through cargo so it is built first.
 pub fn calls_server(
     root: &Path,
     subcommand: &str,
@@ -38,34 +42,48 @@ pub fn calls_server(
     run(&mut cmd, &format!("calls-server {subcommand}"))
 }
 
-/// Cargo profiles the server is built with: `dev` for run/demo, `release` for bench.
+/// Cargo profiles: `dev` for run/demo, `release` for bench.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Profile {
+pub enum Profile {
     Dev,
     Release,
 }
 
-/// Build calls-server and return the binary, which we run directly so signals reach it.
-fn build_server(root: &Path) -> Result<PathBuf> {
-    build_server_with(root, Profile::Dev)
+/// Build the binaries of `packages` (each named after its package) and return their paths,
+/// in order. We run them directly rather than through `cargo run`, so signals reach them.
+pub fn build_binaries(root: &Path, profile: Profile, packages: &[&str]) -> Result<Vec<PathBuf>> {
+    let (flag, dir) = match profile {
+        Profile::Dev => ("--quiet", "debug"),
+        Profile::Release => ("--release", "release"),
+    };
+    let mut args = vec!["build", flag];
+    for package in packages {
+        args.extend(["-p", package]);
+    }
+    run(
+        cargo(root).args(&args),
+        &format!("cargo {}", args.join(" ")),
+    )?;
+    packages
+        .iter()
+        .map(|package| {
+            let bin = target_dir(root).join(dir).join(package);
+            if bin.is_file() {
+                Ok(bin)
+            } else {
+                Err(anyhow!(
+                    "cargo built {package} but {} does not exist",
+                    bin.display()
+                ))
+            }
+        })
+        .collect()
 }
 
-pub(crate) fn build_server_with(root: &Path, profile: Profile) -> Result<PathBuf> {
-    let (args, dir): (&[&str], &str) = match profile {
-        Profile::Dev => (&["build", "--quiet", "-p", "calls-server"], "debug"),
-        Profile::Release => (&["build", "--release", "-p", "calls-server"], "release"),
-    };
-    run(cargo(root).args(args), &format!("cargo {}", args.join(" ")))?;
-    let bin = target_dir(root).join(dir).join("calls-server");
-    if bin.is_file() {
-        Ok(bin)
-    } else {
-        Err(format!(
-            "cargo built calls-server but {} does not exist",
-            bin.display()
-        )
-        .into())
-    }
+fn build_server(root: &Path) -> Result<PathBuf> {
+    build_binaries(root, Profile::Dev, &["calls-server"])?
+        .pop()
+        .ok_or_else(|| anyhow!("no calls-server binary"))
 }
 
 /// The server's settings: the user's environment where it has them, dev defaults otherwise.
@@ -87,15 +105,24 @@ fn env_or(name: &str, default: &str) -> String {
         .unwrap_or_else(|| default.to_string())
 }
 
+/// `0.0.0.0:port` and `[::]:port` are reached over loopback; anything else as it is.
+fn reachable_addr(bind_addr: &str) -> String {
+    match bind_addr.parse::<SocketAddr>() {
+        Ok(mut addr) if addr.ip().is_unspecified() => {
+            let loopback = match addr {
+                SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            };
+            addr.set_ip(loopback);
+            addr.to_string()
+        }
+        _ => bind_addr.to_string(),
+    }
+}
+
 impl Settings {
     fn new(bind_addr: String, log_format: String) -> Self {
-        let addr = if let Some(port) = bind_addr.strip_prefix("0.0.0.0:") {
-            format!("127.0.0.1:{port}")
-        } else if let Some(port) = bind_addr.strip_prefix("[::]:") {
-            format!("[::1]:{port}")
-        } else {
-            bind_addr.clone()
-        };
+        let addr = reachable_addr(&bind_addr);
         let base_url = format!("http://{addr}");
         Settings {
             public_base_url: env_or("PUBLIC_BASE_URL", &base_url),
@@ -106,10 +133,6 @@ impl Settings {
             base_url,
             log_format,
         }
-    }
-
-    fn bearer(&self) -> String {
-        format!("Bearer {}", self.api_token)
     }
 
     fn command(&self, bin: &Path, db_url: &str) -> Command {
@@ -127,46 +150,50 @@ impl Settings {
     }
 }
 
+/// The HTTP client of `run` and `demo`: one request at a time, bounded by a timeout.
+fn http_client() -> Result<Client> {
+    Client::builder()
+        .timeout(REQUEST_TIMEOUT)
+        .build()
+        .context("building the HTTP client")
+}
+
 /// A running calls-server that is stopped when dropped, so every error path cleans up.
-pub(crate) struct Server {
+struct Server {
     child: Child,
 }
 
 impl Server {
-    pub(crate) fn spawn(mut cmd: Command) -> Result<Self> {
-        let child = cmd
-            .spawn()
-            .context(|| "starting calls-server".to_string())?;
+    fn spawn(mut cmd: Command) -> Result<Self> {
+        let child = cmd.spawn().context("starting calls-server")?;
         Ok(Server { child })
     }
 
     /// Poll `GET /healthz` until it answers 200; fail early if the server exits.
-    pub(crate) fn wait_healthy(&mut self, addr: &str) -> Result<()> {
+    fn wait_healthy(&mut self, client: &Client, base_url: &str) -> Result<()> {
         let started = Instant::now();
+        let url = format!("{base_url}/healthz");
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(
-                    format!("calls-server exited ({status}) before answering /healthz").into(),
-                );
+                bail!("calls-server exited ({status}) before answering /healthz");
             }
-            let last = match http_request("GET", addr, "/healthz", &[], None) {
-                Ok((200, _)) => return Ok(()),
-                Ok((status, body)) => format!("HTTP {status}: {body}"),
-                Err(e) => e,
+            let last = match client.get(&url).send() {
+                Ok(r) if r.status().as_u16() == 200 => return Ok(()),
+                Ok(r) => format!("HTTP {}", r.status()),
+                Err(e) => e.to_string(),
             };
             if started.elapsed() > HEALTH_TIMEOUT {
-                return Err(format!(
+                bail!(
                     "calls-server did not answer GET /healthz with 200 within {} s (last: {last})",
                     HEALTH_TIMEOUT.as_secs()
-                )
-                .into());
+                );
             }
             thread::sleep(POLL_INTERVAL);
         }
     }
 
     /// SIGTERM for a graceful shutdown; SIGKILL if that takes longer than 10 s.
-    pub(crate) fn stop(&mut self) {
+    fn stop(&mut self) {
         if matches!(self.child.try_wait(), Ok(Some(_))) {
             return;
         }
@@ -207,76 +234,80 @@ impl Driver {
 }
 
 /// A `POST /driver_data/call-elevenlabs` body (the seed's BatchCallRequest).
-fn batch_body(timestamp: &str, drivers: &[Driver]) -> String {
-    let drivers: Vec<String> = drivers
+fn batch_body(timestamp: &str, drivers: &[Driver]) -> serde_json::Value {
+    let drivers: Vec<_> = drivers
         .iter()
         .map(|d| {
-            format!(
-                r#"{{"driverId":{},"driverName":{},"phoneNumber":{},"customRules":"","violations":{{"tripId":{},"violationDetails":[{{"type":{},"description":{}}}]}}}}"#,
-                d.id,
-                json::quote(d.name),
-                json::quote(d.phone),
-                json::quote(&format!("TRIP-{}", d.id)),
-                json::quote(d.kind),
-                json::quote(d.description),
-            )
+            json!({
+                "driverId": d.id,
+                "driverName": d.name,
+                "phoneNumber": d.phone,
+                "customRules": "",
+                "violations": {
+                    "tripId": format!("TRIP-{}", d.id),
+                    "violationDetails": [{"type": d.kind, "description": d.description}],
+                },
+            })
         })
         .collect();
-    format!(
-        r#"{{"callType":"violation","timestamp":{},"drivers":[{}]}}"#,
-        json::quote(timestamp),
-        drivers.join(",")
-    )
+    json!({"callType": "violation", "timestamp": timestamp, "drivers": drivers})
 }
 
-fn post_batch(settings: &Settings, body: &str) -> std::result::Result<(u16, String), String> {
-    let auth = settings.bearer();
-    http_request(
-        "POST",
-        &settings.addr,
-        "/driver_data/call-elevenlabs",
-        &[
-            ("Authorization", &auth),
-            ("Content-Type", "application/json"),
-        ],
-        Some(body),
-    )
+/// Post a batch; the status and the body as text (shown as it is when something is off).
+fn post_batch(
+    client: &Client,
+    settings: &Settings,
+    body: &serde_json::Value,
+) -> Result<(u16, String)> {
+    let response = client
+        .post(format!("{}/driver_data/call-elevenlabs", settings.base_url))
+        .bearer_auth(&settings.api_token)
+        .json(body)
+        .send()
+        .context("POST /driver_data/call-elevenlabs")?;
+    let status = response.status().as_u16();
+    Ok((status, response.text().unwrap_or_default()))
+}
+
+fn now_rfc3339(now: OffsetDateTime) -> Result<String> {
+    now.format(&Rfc3339).context("formatting the time")
 }
 
 // ---------------------------------------------------------------------------------------
 // cargo xtask run
 
-pub fn run_server() -> Result<()> {
-    let root = project_root()?;
-    let db_url = ensure_database()?;
-    calls_server(&root, "migrate", &[], Some(&db_url))?;
-    let bin = build_server(&root)?;
+pub fn run_server(root: &Path) -> Result<()> {
+    let db_url = ensure_database(root)?;
+    calls_server(root, "migrate", &[], Some(&db_url))?;
+    let bin = build_server(root)?;
 
     let settings = Settings::new(
         env_or("BIND_ADDR", "127.0.0.1:8080"),
         env_or("LOG_FORMAT", "pretty"),
     );
     // Otherwise our health check could be answered by an older server on the same port.
-    if let Some((host, port)) = settings.addr.rsplit_once(':') {
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        if port
-            .parse()
-            .is_ok_and(|port| tcp_reachable(host, port, Duration::from_secs(1)))
-        {
-            return Err(format!(
-                "something already listens on {} (an earlier `cargo xtask run`?); stop it or set BIND_ADDR",
-                settings.addr
-            )
-            .into());
-        }
+    let taken = settings
+        .addr
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .is_some_and(|addr| {
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok()
+        });
+    if taken {
+        bail!(
+            "something already listens on {} (an earlier `cargo xtask run`?); stop it or set BIND_ADDR",
+            settings.addr
+        );
     }
 
     // stdio is inherited, so the server's logs show up in this terminal.
+    let client = http_client()?;
     let mut server = Server::spawn(settings.command(&bin, &db_url))?;
-    server.wait_healthy(&settings.addr)?;
+    server.wait_healthy(&client, &settings.base_url)?;
 
-    let now = unix_now();
-    let timestamp = now.to_string();
+    let now = OffsetDateTime::now_utc();
+    let timestamp = now.unix_timestamp().to_string();
     let sample = Driver {
         id: 1001,
         name: "Sam Carter",
@@ -285,38 +316,41 @@ pub fn run_server() -> Result<()> {
         description: "Reefer at 45F, required 34-38F",
     };
     let call_sid = sample.call_sid(&timestamp);
-    match post_batch(&settings, &batch_body(&timestamp, &[sample])) {
+    match post_batch(&client, &settings, &batch_body(&timestamp, &[sample])) {
         Ok((200, _)) => {}
         Ok((status, body)) => {
             eprintln!("xtask: warning: the sample call got HTTP {status}: {body}");
         }
-        Err(e) => eprintln!("xtask: warning: the sample call failed: {e}"),
+        Err(e) => eprintln!("xtask: warning: the sample call failed: {e:#}"),
     }
 
     println!("{}", cheat_sheet(&settings, &call_sid, now)?);
 
     // Ctrl-C reaches the server too (same process group), so we only wait for it.
-    let status = server
-        .child
-        .wait()
-        .context(|| "waiting for calls-server".to_string())?;
+    let status = server.child.wait().context("waiting for calls-server")?;
     check(status, "calls-server serve")
 }
 
 /// What a newcomer needs next: the URLs, the token and curls that work as pasted.
-fn cheat_sheet(s: &Settings, call_sid: &str, now: u64) -> Result<String> {
+fn cheat_sheet(s: &Settings, call_sid: &str, now: OffsetDateTime) -> Result<String> {
     let base = &s.base_url;
-    let body = format!(
-        r#"{{"call_sid":{},"speaker":"user","message":"Hello, this is the driver.","timestamp":{}}}"#,
-        json::quote(call_sid),
-        json::quote(&rfc3339_utc(now))
-    );
-    let signature = signature_header(&s.webhook_secret, now, &body)?;
+    let body = json!({
+        "call_sid": call_sid,
+        "speaker": "user",
+        "message": "Hello, this is the driver.",
+        "timestamp": now_rfc3339(now)?,
+    })
+    .to_string();
+    let signature =
+        calls_elevenlabs::sign(&s.webhook_secret, now.unix_timestamp(), body.as_bytes());
     let webhook = shell_quote(&format!("{base}/webhooks/elevenlabs/transcription"));
     let data = shell_quote(&body);
     let bearer_api = shell_quote(&format!("Authorization: Bearer {}", s.api_token));
     let bearer_webhook = shell_quote(&format!("Authorization: Bearer {}", s.webhook_secret));
-    let signed = shell_quote(&format!("ElevenLabs-Signature: {signature}"));
+    let signed = shell_quote(&format!(
+        "{}: {signature}",
+        calls_elevenlabs::SIGNATURE_HEADER
+    ));
 
     Ok(format!(
         "
@@ -360,23 +394,23 @@ Press Ctrl-C to stop.
 // ---------------------------------------------------------------------------------------
 // cargo xtask demo
 
-pub fn demo() -> Result<()> {
-    demo_on(&ensure_database()?)
+pub fn demo(root: &Path) -> Result<()> {
+    demo_on(root, &ensure_database(root)?)
 }
 
 /// The demo against a database that is already up (`cargo xtask test` passes its own).
-pub fn demo_on(db_url: &str) -> Result<()> {
-    let root = project_root()?;
-    calls_server(&root, "migrate", &[], Some(db_url))?;
-    let bin = build_server(&root)?;
+pub fn demo_on(root: &Path, db_url: &str) -> Result<()> {
+    calls_server(root, "migrate", &[], Some(db_url))?;
+    let bin = build_server(root)?;
 
     let port = free_port()?;
     let settings = Settings::new(format!("127.0.0.1:{port}"), "json".to_string());
-    let log_path = root.join("target").join("xtask-demo-server.log");
-    let log = File::create(&log_path).context(|| format!("creating {}", log_path.display()))?;
+    let log_path = target_dir(root).join("xtask-demo-server.log");
+    let log =
+        File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
     let log_err = log
         .try_clone()
-        .context(|| format!("opening {}", log_path.display()))?;
+        .with_context(|| format!("opening {}", log_path.display()))?;
     let mut cmd = settings.command(&bin, db_url);
     cmd.stdin(Stdio::null()).stdout(log).stderr(log_err);
 
@@ -385,10 +419,11 @@ pub fn demo_on(db_url: &str) -> Result<()> {
         settings.addr,
         log_path.display()
     );
+    let client = http_client()?;
     let mut server = Server::spawn(cmd)?;
     let result = server
-        .wait_healthy(&settings.addr)
-        .and_then(|()| demo_calls(&settings));
+        .wait_healthy(&client, &settings.base_url)
+        .and_then(|()| demo_calls(&client, &settings));
     server.stop();
 
     match result {
@@ -397,28 +432,23 @@ pub fn demo_on(db_url: &str) -> Result<()> {
             Ok(())
         }
         Err(e) => {
-            eprintln!("demo: FAILED: {e}");
+            eprintln!("demo: FAILED: {e:#}");
             eprintln!("--- last 50 lines of {} ---", log_path.display());
             eprintln!("{}", tail(&log_path, 50));
-            Err(Error::Msg("demo failed".to_string()))
+            Err(anyhow!("demo failed"))
         }
     }
 }
 
 /// Nothing listens on the port we get for 127.0.0.1:0; the tiny race until the server
 /// binds it is acceptable for a dev tool.
-pub(crate) fn free_port() -> Result<u16> {
-    let listener =
-        TcpListener::bind("127.0.0.1:0").context(|| "finding a free port".to_string())?;
-    let port = listener
-        .local_addr()
-        .context(|| "finding a free port".to_string())?
-        .port();
-    Ok(port)
+fn free_port() -> Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(listener.local_addr().context("finding a free port")?.port())
 }
 
-fn demo_calls(settings: &Settings) -> Result<()> {
-    let timestamp = unix_now().to_string();
+fn demo_calls(client: &Client, settings: &Settings) -> Result<()> {
+    let timestamp = OffsetDateTime::now_utc().unix_timestamp().to_string();
     let drivers = [
         Driver {
             id: 2001,
@@ -437,19 +467,19 @@ fn demo_calls(settings: &Settings) -> Result<()> {
     ];
 
     println!("demo: POST /driver_data/call-elevenlabs with drivers 2001 and 2002");
-    let (status, body) = post_batch(settings, &batch_body(&timestamp, &drivers))?;
+    let (status, body) = post_batch(client, settings, &batch_body(&timestamp, &drivers))?;
     println!("demo: HTTP {status}\n{body}");
     if status != 200 {
-        return Err(format!("expected HTTP 200 from the batch call, got {status}").into());
+        bail!("expected HTTP 200 from the batch call, got {status}");
     }
 
     for driver in &drivers {
-        wait_completed(settings, &driver.call_sid(&timestamp))?;
+        wait_completed(client, settings, &driver.call_sid(&timestamp))?;
     }
     for driver in &drivers {
         let call_sid = driver.call_sid(&timestamp);
         println!("\n=== {call_sid} ({}) ===", driver.name);
-        for line in transcript(settings, &call_sid)? {
+        for line in transcript(client, settings, &call_sid)? {
             println!("{line}");
         }
     }
@@ -457,89 +487,96 @@ fn demo_calls(settings: &Settings) -> Result<()> {
     Ok(())
 }
 
-fn get_json(settings: &Settings, path: &str) -> Result<(u16, String, Option<Json>)> {
-    let auth = settings.bearer();
-    let (status, body) = http_request(
-        "GET",
-        &settings.addr,
-        path,
-        &[("Authorization", &auth)],
-        None,
-    )?;
-    let parsed = json::parse(&body).ok();
+/// An authenticated GET: the status, the body as text, and the body as `T` where it is one.
+fn get_json<T: for<'de> Deserialize<'de>>(
+    client: &Client,
+    settings: &Settings,
+    path: &str,
+) -> Result<(u16, String, Option<T>)> {
+    let response = client
+        .get(format!("{}{path}", settings.base_url))
+        .bearer_auth(&settings.api_token)
+        .send()
+        .with_context(|| format!("GET {path}"))?;
+    let status = response.status().as_u16();
+    let body = response.text().with_context(|| format!("GET {path}"))?;
+    let parsed = serde_json::from_str(&body).ok();
     Ok((status, body, parsed))
 }
 
+/// The part of `GET /calls/{sid}` the demo reads.
+#[derive(Deserialize)]
+struct CallStatus {
+    status: String,
+}
+
 /// Poll `GET /calls/{sid}` until the simulated call has completed.
-fn wait_completed(settings: &Settings, call_sid: &str) -> Result<()> {
+fn wait_completed(client: &Client, settings: &Settings, call_sid: &str) -> Result<()> {
     let started = Instant::now();
     let path = format!("/calls/{call_sid}");
     loop {
-        let (status, body, parsed) = get_json(settings, &path)?;
-        let call_status = parsed
-            .as_ref()
-            .and_then(|call| call.get("status"))
-            .and_then(Json::as_str)
-            .map(str::to_ascii_lowercase);
-        match call_status.as_deref() {
+        let (status, body, call) = get_json::<CallStatus>(client, settings, &path)?;
+        match call.map(|c| c.status.to_ascii_lowercase()).as_deref() {
             Some("completed") if status == 200 => {
                 println!("demo: {call_sid} completed");
                 return Ok(());
             }
-            Some("failed") => return Err(format!("call {call_sid} failed: {body}").into()),
+            Some("failed") => bail!("call {call_sid} failed: {body}"),
             _ => {}
         }
         if started.elapsed() > CALL_TIMEOUT {
-            return Err(format!(
+            bail!(
                 "call {call_sid} did not complete within {} s; last answer: HTTP {status} {body}",
                 CALL_TIMEOUT.as_secs()
-            )
-            .into());
+            );
         }
         thread::sleep(POLL_INTERVAL);
     }
 }
 
+/// The part of `GET /calls/{sid}/transcriptions` the demo prints.
+#[derive(Deserialize)]
+struct Transcript {
+    transcriptions: Vec<Turn>,
+}
+
+#[derive(Deserialize)]
+struct Turn {
+    sequence_number: i64,
+    speaker_type: String,
+    message_text: String,
+}
+
 /// `GET /calls/{sid}/transcriptions` as conversation lines: `  1 agent : Hello`.
-fn transcript(settings: &Settings, call_sid: &str) -> Result<Vec<String>> {
-    let (status, body, parsed) = get_json(settings, &format!("/calls/{call_sid}/transcriptions"))?;
+fn transcript(client: &Client, settings: &Settings, call_sid: &str) -> Result<Vec<String>> {
+    let path = format!("/calls/{call_sid}/transcriptions");
+    let (status, body, parsed) = get_json::<Transcript>(client, settings, &path)?;
     if status != 200 {
-        return Err(format!("transcriptions of {call_sid}: HTTP {status} {body}").into());
+        bail!("transcriptions of {call_sid}: HTTP {status} {body}");
     }
     let turns = parsed
-        .as_ref()
-        .and_then(|doc| doc.get("transcriptions"))
-        .and_then(Json::as_array)
         .ok_or_else(|| {
-            format!("transcriptions of {call_sid}: no `transcriptions` array in {body}")
-        })?;
+            anyhow!("transcriptions of {call_sid}: no `transcriptions` array in {body}")
+        })?
+        .transcriptions;
     if turns.is_empty() {
-        return Err(format!("the completed call {call_sid} has no transcript turns").into());
+        bail!("the completed call {call_sid} has no transcript turns");
     }
     Ok(turns.iter().map(format_turn).collect())
 }
 
-fn format_turn(turn: &Json) -> String {
-    let text = |key: &str| {
-        turn.get(key)
-            .and_then(Json::as_str)
-            .unwrap_or("?")
-            .to_string()
-    };
-    let sequence = turn
-        .get("sequence_number")
-        .and_then(Json::as_f64)
-        .map_or_else(|| "?".to_string(), |n| format!("{n}"));
+fn format_turn(turn: &Turn) -> String {
     format!(
-        "{sequence:>3} {:<6}: {}",
-        text("speaker_type"),
-        text("message_text")
+        "{:>3} {:<6}: {}",
+        turn.sequence_number, turn.speaker_type, turn.message_text
     )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use wiremock::matchers::{header, method, path, path_regex};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
 
     #[test]
     fn batch_body_matches_the_documented_shape() {
@@ -550,109 +587,99 @@ mod tests {
             kind: "temperature",
             description: "Reefer at 45F, required 34-38F",
         };
-        assert_eq!(
-            batch_body("1732400000", &[driver]),
-            r#"{"callType":"violation","timestamp":"1732400000","drivers":[{"driverId":1001,"driverName":"Sam Carter","phoneNumber":"+15551234567","customRules":"","violations":{"tripId":"TRIP-1001","violationDetails":[{"type":"temperature","description":"Reefer at 45F, required 34-38F"}]}}]}"#
-        );
+        let expected: serde_json::Value = serde_json::from_str(
+            r#"{"callType":"violation","timestamp":"1732400000","drivers":[{"driverId":1001,"driverName":"Sam Carter","phoneNumber":"+15551234567","customRules":"","violations":{"tripId":"TRIP-1001","violationDetails":[{"type":"temperature","description":"Reefer at 45F, required 34-38F"}]}}]}"#,
+        )
+        .unwrap_or_default();
+        assert_eq!(batch_body("1732400000", &[driver]), expected);
     }
 
     #[test]
     fn formats_turns_as_a_conversation() {
-        let turn = json::parse(
-            r#"{"sequence_number":1,"speaker_type":"agent","message_text":"Hello","timestamp":"t"}"#,
+        let turn = |json: &str| {
+            serde_json::from_str::<Turn>(json)
+                .map(|t| format_turn(&t))
+                .ok()
+        };
+        assert_eq!(
+            turn(
+                r#"{"sequence_number":1,"speaker_type":"agent","message_text":"Hello","timestamp":"t"}"#
+            ),
+            Some("  1 agent : Hello".to_string())
         );
         assert_eq!(
-            turn.map(|t| format_turn(&t)),
-            Ok("  1 agent : Hello".to_string())
-        );
-        let turn =
-            json::parse(r#"{"sequence_number":12,"speaker_type":"driver","message_text":"Hi"}"#);
-        assert_eq!(
-            turn.map(|t| format_turn(&t)),
-            Ok(" 12 driver: Hi".to_string())
+            turn(r#"{"sequence_number":12,"speaker_type":"driver","message_text":"Hi"}"#),
+            Some(" 12 driver: Hi".to_string())
         );
     }
 
-    /// A stand-in for calls-server: answers the demo's requests from canned JSON, so the
-    /// demo's HTTP and JSON handling is tested without a database.
-    fn fake_server(call_status: &'static str) -> Option<String> {
-        use std::io::{BufRead, BufReader, Read, Write};
-        let listener = TcpListener::bind("127.0.0.1:0").ok()?;
-        let addr = listener.local_addr().ok()?.to_string();
-        thread::spawn(move || {
-            let mut polls = 0;
-            for conn in listener.incoming().flatten() {
-                let mut reader = BufReader::new(conn);
-                let mut request_line = String::new();
-                let mut authorized = false;
-                let mut length = 0;
-                let _ = reader.read_line(&mut request_line);
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).is_err() || line == "\r\n" || line.is_empty() {
-                        break;
-                    }
-                    authorized |= line == "Authorization: Bearer dev-api-token\r\n";
-                    if let Some(n) = line.strip_prefix("Content-Length: ") {
-                        length = n.trim().parse().unwrap_or(0);
-                    }
-                }
-                let mut body = vec![0; length];
-                let _ = reader.read_exact(&mut body);
-                let path = request_line
-                    .split(' ')
-                    .nth(1)
-                    .unwrap_or_default()
-                    .to_string();
-                let (status, reply) = if !authorized {
-                    (401, r#"{"status":"error"}"#.to_string())
-                } else if path == "/driver_data/call-elevenlabs" {
-                    (200, r#"{"message":"ok","calls":[]}"#.to_string())
-                } else if path.ends_with("/transcriptions") {
-                    let turns = r#"{"transcriptions":[
-                        {"sequence_number":1,"speaker_type":"agent","message_text":"Hello \u00e9","timestamp":"t"},
-                        {"sequence_number":2,"speaker_type":"driver","message_text":"Hi","timestamp":"t"}]}"#;
-                    (200, turns.to_string())
-                } else {
-                    // The first poll sees the call still running, to exercise the polling.
-                    polls += 1;
-                    let state = if polls == 1 {
-                        "in_progress"
-                    } else {
-                        call_status
-                    };
-                    (200, format!(r#"{{"call_sid":"x","status":"{state}"}}"#))
-                };
-                let mut conn = reader.into_inner();
-                let _ = write!(
-                    conn,
-                    "HTTP/1.1 {status} X\r\nContent-Length: {}\r\n\r\n{reply}",
-                    reply.len()
-                );
-            }
+    /// A stand-in for calls-server that answers the demo's requests with canned JSON, so
+    /// the demo's HTTP and JSON handling is tested without a database. The first poll sees
+    /// the call still running, to exercise the polling.
+    fn fake_server(call_status: &'static str) -> Option<(tokio::runtime::Runtime, MockServer)> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
+        let server = rt.block_on(async {
+            let server = MockServer::start().await;
+            let auth = || header("Authorization", "Bearer dev-api-token");
+            Mock::given(method("POST"))
+                .and(path("/driver_data/call-elevenlabs"))
+                .and(auth())
+                .respond_with(ResponseTemplate::new(200).set_body_json(json!({"message": "ok", "calls": []})))
+                .mount(&server)
+                .await;
+            Mock::given(method("GET"))
+                .and(path_regex("^/calls/[^/]+/transcriptions$"))
+                .and(auth())
+                .respond_with(ResponseTemplate::new(200).set_body_json(json!({"transcriptions": [
+                    {"sequence_number": 1, "speaker_type": "agent", "message_text": "Hello \u{e9}", "timestamp": "t"},
+                    {"sequence_number": 2, "speaker_type": "driver", "message_text": "Hi", "timestamp": "t"},
+                ]})))
+                .mount(&server)
+                .await;
+            Mock::given(method("GET"))
+                .and(path_regex("^/calls/[^/]+$"))
+                .and(auth())
+                .respond_with(ResponseTemplate::new(200).set_body_json(json!({"call_sid": "x", "status": "in_progress"})))
+                .up_to_n_times(2)
+                .with_priority(1)
+                .mount(&server)
+                .await;
+            Mock::given(method("GET"))
+                .and(path_regex("^/calls/[^/]+$"))
+                .and(auth())
+                .respond_with(ResponseTemplate::new(200).set_body_json(json!({"call_sid": "x", "status": call_status})))
+                .mount(&server)
+                .await;
+            server
         });
-        Some(addr)
+        Some((rt, server))
+    }
+
+    fn settings_for(server: &MockServer) -> Settings {
+        let mut settings = Settings::new(server.address().to_string(), "json".to_string());
+        settings.api_token = "dev-api-token".to_string(); // whatever API_TOKEN the caller has
+        settings
     }
 
     #[test]
     fn demo_reads_completed_calls_and_transcripts() {
-        let Some(addr) = fake_server("completed") else {
-            return; // no loopback networking in this sandbox
+        let Some((_rt, server)) = fake_server("completed") else {
+            return; // no runtime in this sandbox
         };
-        let mut settings = Settings::new(addr, "json".to_string());
-        settings.api_token = "dev-api-token".to_string(); // whatever API_TOKEN the caller has
-        let result = demo_calls(&settings);
+        let result = http_client().and_then(|c| demo_calls(&c, &settings_for(&server)));
         assert!(result.is_ok(), "{result:?}");
     }
 
     #[test]
     fn demo_fails_when_a_call_fails() {
-        let Some(addr) = fake_server("failed") else {
+        let Some((_rt, server)) = fake_server("failed") else {
             return;
         };
-        let mut settings = Settings::new(addr, "json".to_string());
-        settings.api_token = "dev-api-token".to_string(); // whatever API_TOKEN the caller has
-        assert!(demo_calls(&settings).is_err());
+        let result = http_client().and_then(|c| demo_calls(&c, &settings_for(&server)));
+        assert!(result.is_err());
     }
 
     #[test]
@@ -660,22 +687,48 @@ mod tests {
         let mut settings = Settings::new("127.0.0.1:8080".to_string(), "pretty".to_string());
         settings.webhook_secret = "wsec_test_secret".to_string();
         settings.api_token = "tok".to_string();
-        let sheet = cheat_sheet(&settings, "EL_1001_1732406400", 1_732_406_400);
+        let now = OffsetDateTime::from_unix_timestamp(1_732_406_400)
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+        let sheet = cheat_sheet(&settings, "EL_1001_1732406400", now);
         let Ok(sheet) = sheet else {
             panic!("{sheet:?}");
         };
-        let body = r#"{"call_sid":"EL_1001_1732406400","speaker":"user","message":"Hello, this is the driver.","timestamp":"2024-11-24T00:00:00Z"}"#;
-        let signature = signature_header("wsec_test_secret", 1_732_406_400, body);
-        let Ok(signature) = signature else {
-            panic!("{signature:?}");
+        // The curl, as a shell reads it, sends the body signed for that exact body.
+        let words = shlex::split(&sheet.replace("\\\n", " ")).unwrap_or_default();
+        let after = |flag: &str| -> Vec<&str> {
+            words
+                .windows(2)
+                .filter(|w| w[0] == flag)
+                .map(|w| w[1].as_str())
+                .collect()
         };
-        assert!(sheet.contains(&format!("--data-raw '{body}'")), "{sheet}");
-        assert!(
-            sheet.contains(&format!("-H 'ElevenLabs-Signature: {signature}'")),
+        let bodies = after("--data-raw");
+        let body = bodies.first().copied().unwrap_or_default();
+        assert_eq!(bodies, [body, body], "{sheet}");
+        let sent: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+        assert_eq!(
+            sent,
+            json!({"call_sid": "EL_1001_1732406400", "speaker": "user",
+                   "message": "Hello, this is the driver.", "timestamp": "2024-11-24T00:00:00Z"})
+        );
+        let signature = after("-H")
+            .into_iter()
+            .find_map(|h| h.strip_prefix("ElevenLabs-Signature: "))
+            .unwrap_or_default()
+            .to_string();
+        assert_eq!(
+            calls_elevenlabs::verify(
+                "wsec_test_secret",
+                &signature,
+                body.as_bytes(),
+                1_732_406_400,
+                60
+            ),
+            Ok(()),
             "{sheet}"
         );
         assert!(
-            sheet.contains("-H 'Authorization: Bearer wsec_test_secret'"),
+            after("-H").contains(&"Authorization: Bearer wsec_test_secret"),
             "{sheet}"
         );
         assert!(sheet.contains(
@@ -695,6 +748,8 @@ mod tests {
         let s = Settings::new("0.0.0.0:9000".to_string(), "json".to_string());
         assert_eq!(s.addr, "127.0.0.1:9000");
         assert_eq!(s.bind_addr, "0.0.0.0:9000");
+        assert_eq!(reachable_addr("[::]:9000"), "[::1]:9000");
+        assert_eq!(reachable_addr("localhost:8080"), "localhost:8080");
         let s = Settings::new("127.0.0.1:8080".to_string(), "json".to_string());
         assert_eq!(s.base_url, "http://127.0.0.1:8080");
     }

@@ -1,84 +1,163 @@
-//! Developer commands for this workspace, run as `cargo xtask <command>`
-//! (the cargo-xtask convention: a plain binary, no extra tooling to install).
+//! Developer commands for this workspace, run as `cargo xtask <command>` (the cargo-xtask
+//! convention: a plain binary, no extra tooling to install). It only orchestrates: the
+//! database, `calls-server` and the `calls-bench` member do the work.
 
 mod bench;
-mod clock;
 mod db;
 mod dev;
-mod error;
-mod http;
-mod json;
 mod process;
-mod signing;
 mod test_cmd;
 
 use std::process::ExitCode;
 
-use error::Result;
+use clap::{Parser, Subcommand};
 
-const USAGE: &str = "\
-Usage: cargo xtask <command> [args...]
+use process::ChildFailed;
 
-Commands:
-  db up                         start a database if needed and print its URL
-  db url                        print the database URL (starting the private cluster if needed)
-  db down                       stop the private PostgreSQL cluster
-  migrate [args...]             run `calls-server migrate` against the database
-  backfill [args...]            run `calls-server backfill` against the database
-  elevenlabs-tool-config [...]  print the ElevenLabs webhook tool configuration
-  run                           start a local server with simulated telephony and a sample call
-  demo                          end-to-end check: place simulated calls and print their transcripts
-  test [--no-demo] [args...]    run all tests against the database, then the demo
-  bench [options]               time batch placement and webhook throughput (turns spread
-                                over --calls N calls, default 1) of a release server against
-                                a fake ElevenLabs (`bench --help` for options)
-  help                          show this text
+/// Developer commands for the calls workspace.
+///
+/// The database is DATABASE_URL when it is set and reachable, otherwise a private
+/// PostgreSQL cluster in target/xtask-pg on 127.0.0.1:54329 (XTASK_PG_PORT to change).
+#[derive(Parser)]
+#[command(name = "xtask", bin_name = "cargo xtask", disable_version_flag = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-The database is DATABASE_URL when it is set and reachable, otherwise a private
-PostgreSQL cluster in target/xtask-pg on 127.0.0.1:54329 (XTASK_PG_PORT to change).
-";
+/// Arguments handed on unchanged to the program a command runs.
+#[derive(clap::Args)]
+struct PassThrough {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The database: `up` (start if needed, print the URL), `url`, `down` (stop the private clusters)
+    Db {
+        #[command(subcommand)]
+        action: db::Action,
+    },
+    /// Run `calls-server migrate [args]` against the database
+    #[command(disable_help_flag = true)]
+    Migrate(PassThrough),
+    /// Run `calls-server backfill [args]` against the database
+    #[command(disable_help_flag = true)]
+    Backfill(PassThrough),
+    /// Print the ElevenLabs webhook tool configuration (`calls-server elevenlabs-tool-config`)
+    #[command(disable_help_flag = true)]
+    ElevenlabsToolConfig(PassThrough),
+    /// Start a local server with simulated telephony and a sample call
+    Run,
+    /// End-to-end check: place simulated calls and print their transcripts
+    Demo,
+    /// Run the demo, then every test of the workspace against the database
+    Test {
+        /// Skip the end-to-end demo
+        #[arg(long)]
+        no_demo: bool,
+        /// Handed to `cargo nextest run` (or `cargo test`)
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Webhook and batch-placement figures against pgbench on a durable PostgreSQL (`bench --help`)
+    #[command(disable_help_flag = true)]
+    Bench(PassThrough),
+}
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let Some((command, rest)) = args.split_first() else {
-        eprint!("{USAGE}");
-        return ExitCode::from(2);
-    };
-    match dispatch(command, rest) {
-        Some(Ok(())) => ExitCode::SUCCESS,
-        Some(Err(e)) => {
-            eprintln!("xtask: error: {e}");
-            // Exit codes are 0..=255; anything out of range still means failure.
-            ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1))
-        }
-        None => {
-            eprintln!("xtask: unknown command `{command}`\n");
-            eprint!("{USAGE}");
-            ExitCode::from(2)
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // `{:#}`: the whole chain on one line ("starting initdb: No such file …").
+            eprintln!("xtask: error: {e:#}");
+            // A failed child has printed its own diagnostics; pass its exit code on.
+            let code = e.downcast_ref::<ChildFailed>().map_or(1, |f| f.code);
+            ExitCode::from(u8::try_from(code).unwrap_or(1))
         }
     }
 }
 
-/// Run a command; `None` when there is no such command.
-fn dispatch(command: &str, args: &[String]) -> Option<Result<()>> {
-    let result = match command {
-        "db" => db::cmd(args),
-        "migrate" | "backfill" => db::ensure_database()
-            .and_then(|url| with_root(|root| dev::calls_server(root, command, args, Some(&url)))),
-        "elevenlabs-tool-config" => with_root(|root| dev::calls_server(root, command, args, None)),
-        "run" => dev::run_server(),
-        "demo" => dev::demo(),
-        "test" => test_cmd::test(args),
-        "bench" => bench::bench(args),
-        "help" | "--help" | "-h" => {
-            print!("{USAGE}");
-            Ok(())
+fn run(command: Command) -> anyhow::Result<()> {
+    let root = process::project_root()?;
+    match command {
+        Command::Db { action } => db::cmd(&root, action),
+        Command::Migrate(p) => {
+            let url = db::ensure_database(&root)?;
+            dev::calls_server(&root, "migrate", &p.args, Some(&url))
         }
-        _ => return None,
-    };
-    Some(result)
+        Command::Backfill(p) => {
+            let url = db::ensure_database(&root)?;
+            dev::calls_server(&root, "backfill", &p.args, Some(&url))
+        }
+        Command::ElevenlabsToolConfig(p) => {
+            dev::calls_server(&root, "elevenlabs-tool-config", &p.args, None)
+        }
+        Command::Run => dev::run_server(&root),
+        Command::Demo => dev::demo(&root),
+        Command::Test { no_demo, args } => test_cmd::test(&root, no_demo, &args),
+        Command::Bench(p) => bench::bench(&root, &p.args),
+    }
 }
 
-fn with_root(f: impl FnOnce(&std::path::Path) -> Result<()>) -> Result<()> {
-    f(&process::project_root()?)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Command, clap::Error> {
+        Cli::try_parse_from(std::iter::once("xtask").chain(args.iter().copied())).map(|c| c.command)
+    }
+
+    #[test]
+    fn the_cli_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn pass_through_commands_keep_their_flags() {
+        let Ok(Command::Migrate(p)) = parse(&["migrate", "--to", "3", "--help"]) else {
+            panic!("migrate");
+        };
+        assert_eq!(p.args, ["--to", "3", "--help"]);
+        let Ok(Command::Bench(p)) = parse(&["bench", "--quick", "--calls=8"]) else {
+            panic!("bench");
+        };
+        assert_eq!(p.args, ["--quick", "--calls=8"]);
+    }
+
+    #[test]
+    fn test_takes_no_demo_and_hands_the_rest_to_the_runner() {
+        let Ok(Command::Test { no_demo, args }) = parse(&[
+            "test",
+            "--no-demo",
+            "-p",
+            "calls-server",
+            "--",
+            "--nocapture",
+        ]) else {
+            panic!("test");
+        };
+        assert!(no_demo);
+        assert_eq!(args, ["-p", "calls-server", "--", "--nocapture"]);
+        let Ok(Command::Test { no_demo, args }) = parse(&["test"]) else {
+            panic!("test");
+        };
+        assert!(!no_demo && args.is_empty());
+    }
+
+    #[test]
+    fn db_needs_an_action_and_unknown_commands_are_refused() {
+        assert!(matches!(
+            parse(&["db", "url"]),
+            Ok(Command::Db {
+                action: db::Action::Url
+            })
+        ));
+        assert!(parse(&["db"]).is_err());
+        assert!(parse(&["db", "sideways"]).is_err());
+        assert!(parse(&["frobnicate"]).is_err());
+    }
 }

@@ -1,20 +1,37 @@
 //! Helpers for paths, child processes and plain TCP checks.
 
 use std::env;
+use std::fmt;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::Duration;
 
-use crate::error::{Context, Error, Result};
+use anyhow::{Context, Result, anyhow};
+
+/// A child process failed. It has printed its own diagnostics, so the error only names it;
+/// xtask ends with the child's exit code.
+#[derive(Debug)]
+pub struct ChildFailed {
+    pub what: String,
+    pub code: i32,
+}
+
+impl fmt::Display for ChildFailed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} failed (exit code {})", self.what, self.code)
+    }
+}
+
+impl std::error::Error for ChildFailed {}
 
 /// The workspace root: xtask lives in `<root>/xtask`.
 pub fn project_root() -> Result<PathBuf> {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .map(Path::to_path_buf)
-        .ok_or_else(|| Error::from("xtask's manifest directory has no parent"))
+        .ok_or_else(|| anyhow!("xtask's manifest directory has no parent"))
 }
 
 /// Where cargo puts build output; honours `CARGO_TARGET_DIR` like cargo does.
@@ -34,7 +51,7 @@ pub fn cargo(root: &Path) -> Command {
 }
 
 /// A child's exit status as a shell would report it (128 + signal when killed).
-pub fn exit_code(status: ExitStatus) -> i32 {
+fn exit_code(status: ExitStatus) -> i32 {
     match (status.code(), status.signal()) {
         (Some(code), _) => code,
         (None, Some(signal)) => 128 + signal,
@@ -42,21 +59,21 @@ pub fn exit_code(status: ExitStatus) -> i32 {
     }
 }
 
-/// Turn a non-zero exit into `Error::Failed` that carries the child's exit code.
+/// A non-zero exit becomes `ChildFailed`, which carries the child's exit code.
 pub fn check(status: ExitStatus, what: &str) -> Result<()> {
     if status.success() {
-        Ok(())
-    } else {
-        Err(Error::Failed {
-            what: what.to_string(),
-            code: exit_code(status),
-        })
+        return Ok(());
     }
+    Err(ChildFailed {
+        what: what.to_string(),
+        code: exit_code(status),
+    }
+    .into())
 }
 
 /// Run a command to completion with inherited stdio; fail if it exits non-zero.
 pub fn run(cmd: &mut Command, what: &str) -> Result<()> {
-    let status = cmd.status().context(|| format!("starting {what}"))?;
+    let status = cmd.status().with_context(|| format!("starting {what}"))?;
     check(status, what)
 }
 
@@ -79,16 +96,10 @@ pub fn output(cmd: &mut Command) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-/// Quote a string for `/bin/sh` (single quotes; an embedded `'` becomes `'\''`).
+/// Quote a word for `/bin/sh`, for command lines we print or hand to `su -c`.
 pub fn shell_quote(s: &str) -> String {
-    let safe = !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@+%".contains(c));
-    if safe {
-        s.to_string()
-    } else {
-        format!("'{}'", s.replace('\'', r"'\''"))
-    }
+    // Only a NUL byte cannot be quoted; none of our words (paths, URLs, JSON) has one.
+    shlex::try_quote(s).map_or_else(|_| s.replace('\0', ""), |q| q.into_owned())
 }
 
 /// Search `PATH` for an executable file.
@@ -127,18 +138,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn shell_quote_leaves_plain_words_alone() {
+    fn shell_quote_round_trips_through_a_shell_parser() {
+        for word in ["/work/main/target", "a b", "it's", "", r#"{"a":"b c"}"#] {
+            assert_eq!(
+                shlex::split(&shell_quote(word)),
+                Some(vec![word.to_string()]),
+                "{word}"
+            );
+        }
         assert_eq!(shell_quote("/work/main/target"), "/work/main/target");
-        assert_eq!(
-            shell_quote("listen_addresses=127.0.0.1"),
-            "listen_addresses=127.0.0.1"
-        );
     }
 
     #[test]
-    fn shell_quote_quotes_spaces_and_quotes() {
-        assert_eq!(shell_quote("a b"), "'a b'");
-        assert_eq!(shell_quote("it's"), r"'it'\''s'");
-        assert_eq!(shell_quote(""), "''");
+    fn failed_children_keep_their_exit_code() {
+        let status = Command::new("sh").args(["-c", "exit 3"]).status();
+        let Ok(status) = status else {
+            return; // no shell in this sandbox
+        };
+        let err = check(status, "sh").err().map(|e| e.to_string());
+        assert_eq!(err.as_deref(), Some("sh failed (exit code 3)"));
     }
 }

@@ -1,0 +1,248 @@
+//! The one table: each figure's median over the rounds, with ratios against the baselines
+//! measured in the same run (the machine decides the absolute numbers; the ratios travel).
+
+use crate::batch::Placement;
+use crate::cpu::PerOp;
+
+pub const FLOOR: &str = "pgbench: one-row INSERT per transaction (prepared), spread (the floor)";
+pub const APPEND: &str = "pgbench: the service's append transaction, spread";
+pub const WEBHOOK: &str = "webhook over HTTP, closed loop, spread";
+pub const APPEND_ONE: &str = "pgbench: the append transaction, all on one call";
+pub const WEBHOOK_ONE: &str = "webhook over HTTP, closed loop, all on one call";
+pub const FIXED_RATE: &str = "webhook over HTTP, fixed rate (open loop), spread";
+pub const HEALTHZ: &str = "GET /healthz, closed loop (the HTTP ceiling)";
+
+/// The rows in the order they are printed.
+const ROWS: [&str; 7] = [
+    FLOOR,
+    APPEND,
+    WEBHOOK,
+    APPEND_ONE,
+    WEBHOOK_ONE,
+    FIXED_RATE,
+    HEALTHZ,
+];
+
+/// One measurement of one row.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Measure {
+    pub per_second: f64,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub cpu_us: PerOp,
+    pub errors: u64,
+    /// The service's peak resident memory so far (VmHWM) when the measurement ended.
+    pub peak_rss_mib: Option<f64>,
+}
+
+#[derive(Default)]
+pub struct Table {
+    rows: Vec<(&'static str, Vec<Measure>)>,
+    placements: Vec<Placement>,
+}
+
+/// The median of some values (the mean of the middle two for an even count).
+fn median(values: impl IntoIterator<Item = f64>) -> Option<f64> {
+    let mut v: Vec<f64> = values.into_iter().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    Some(if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    })
+}
+
+fn fmt(value: Option<f64>, decimals: usize) -> String {
+    value.map_or("–".to_string(), |v| format!("{v:.decimals$}"))
+}
+
+fn thousands(value: f64) -> String {
+    let digits = format!("{:.0}", value.max(0.0));
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+impl Table {
+    /// Record a measurement; its problem, if any, joins the run's problems.
+    pub fn add(
+        &mut self,
+        row: &'static str,
+        measure: Measure,
+        problems: &mut Vec<String>,
+        problem: Option<String>,
+    ) {
+        problems.extend(problem);
+        match self.rows.iter_mut().find(|(name, _)| *name == row) {
+            Some((_, measures)) => measures.push(measure),
+            None => self.rows.push((row, vec![measure])),
+        }
+    }
+
+    pub fn add_placement(&mut self, placement: Placement) {
+        self.placements.push(placement);
+    }
+
+    /// The median of each figure of `row` over the rounds.
+    fn median_of(&self, row: &str) -> Option<Measure> {
+        let measures = &self.rows.iter().find(|(name, _)| *name == row)?.1;
+        let m = |f: fn(&Measure) -> Option<f64>| median(measures.iter().filter_map(f));
+        Some(Measure {
+            per_second: m(|x| Some(x.per_second))?,
+            p50_ms: m(|x| x.p50_ms),
+            p99_ms: m(|x| x.p99_ms),
+            cpu_us: PerOp {
+                server: m(|x| x.cpu_us.server),
+                postgres: m(|x| x.cpu_us.postgres),
+                load: m(|x| x.cpu_us.load),
+                machine_busy: m(|x| x.cpu_us.machine_busy),
+            },
+            errors: measures.iter().map(|x| x.errors).sum(),
+            // VmHWM only grows: the first round's value says which row first needed the memory.
+            peak_rss_mib: measures
+                .iter()
+                .filter_map(|x| x.peak_rss_mib)
+                .reduce(f64::min),
+        })
+    }
+
+    fn ratio(&self, row: &str, base: &str) -> Option<f64> {
+        let (a, b) = (self.median_of(row)?, self.median_of(base)?);
+        (b.per_second > 0.0).then(|| a.per_second / b.per_second)
+    }
+
+    /// The ratio column of a row: what it is compared with, and the target where there is one.
+    fn comparison(&self, row: &str) -> String {
+        let r = |base| fmt(self.ratio(row, base), 2);
+        match row {
+            FLOOR => "1 (the floor)".to_string(),
+            APPEND => format!("{} × floor", r(FLOOR)),
+            WEBHOOK => format!(
+                "{} × floor (target ≥ 0.5); {} × pgbench append",
+                r(FLOOR),
+                r(APPEND)
+            ),
+            APPEND_ONE => format!("{} × pgbench append spread", r(APPEND)),
+            WEBHOOK_ONE => format!(
+                "{} × pgbench append on one call (target ≥ 1.5)",
+                r(APPEND_ONE)
+            ),
+            FIXED_RATE => {
+                let p99 = self.median_of(row).and_then(|m| m.p99_ms);
+                let met = p99.map_or("", |p| if p < 10.0 { ", met" } else { ", not met" });
+                format!("p99 target < 10 ms{met}")
+            }
+            HEALTHZ => format!(
+                "webhook spread = {} × this",
+                fmt(self.ratio(WEBHOOK, row), 3)
+            ),
+            _ => String::new(),
+        }
+    }
+
+    pub fn print(&self, notes: &[String]) {
+        println!();
+        println!(
+            "| what | per second | p50 ms | p99 ms | CPU µs per op: service / PostgreSQL / load generator | all cores busy | service peak RSS MiB, so far in round 1 | errors | compared with the same run |"
+        );
+        println!("| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | --- |");
+        for row in ROWS {
+            let Some(m) = self.median_of(row) else {
+                continue;
+            };
+            let cpu = format!(
+                "{} / {} / {}",
+                fmt(m.cpu_us.server, 0),
+                fmt(m.cpu_us.postgres, 0),
+                fmt(m.cpu_us.load, 0)
+            );
+            println!(
+                "| {row} | {} | {} | {} | {cpu} | {}% | {} | {} | {} |",
+                thousands(m.per_second),
+                fmt(m.p50_ms, 2),
+                fmt(m.p99_ms, 2),
+                fmt(m.cpu_us.machine_busy, 0),
+                fmt(m.peak_rss_mib, 1),
+                m.errors,
+                self.comparison(row)
+            );
+        }
+        if let Some(line) = self.placement_row() {
+            println!("{line}");
+        }
+        println!();
+        for note in notes {
+            println!("- {note}");
+        }
+    }
+
+    /// Batch placement: the large batch against the 1-driver baseline of the same round.
+    fn placement_row(&self) -> Option<String> {
+        let first = self.placements.first()?;
+        let base = median(self.placements.iter().map(|p| p.baseline.as_secs_f64()))?;
+        let large = median(self.placements.iter().map(|p| p.large.as_secs_f64()))?;
+        let peak = self.placements.iter().map(|p| p.peak).max().unwrap_or(0);
+        let n = first.drivers;
+        let sequential = base * f64::from(n);
+        let rounds = n.div_ceil(first.concurrency.max(1));
+        Some(format!(
+            "| batch placement: {n} drivers, CALL_CONCURRENCY {}, fake ElevenLabs answering after a fixed delay | {} calls | – | – | – | – | – | 0 | {large:.2} s = {:.1} × the 1-driver batch ({base:.3} s); ideal {rounds} × it; {:.1} × faster than sequential; peak {peak} calls at once |",
+            first.concurrency,
+            fmt(Some(f64::from(n) / large), 0),
+            large / base,
+            sequential / large
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn measure(per_second: f64) -> Measure {
+        Measure {
+            per_second,
+            p99_ms: Some(per_second / 100.0),
+            ..Measure::default()
+        }
+    }
+
+    #[test]
+    fn medians_and_ratios_come_from_the_same_run() {
+        assert_eq!(median([3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median([4.0, 1.0]), Some(2.5));
+        assert_eq!(median([]), None);
+        let mut table = Table::default();
+        let mut problems = Vec::new();
+        for (floor, webhook) in [(1000.0, 400.0), (900.0, 600.0), (1100.0, 500.0)] {
+            table.add(FLOOR, measure(floor), &mut problems, None);
+            table.add(WEBHOOK, measure(webhook), &mut problems, Some("x".into()));
+        }
+        assert_eq!(problems.len(), 3);
+        assert_eq!(table.ratio(WEBHOOK, FLOOR), Some(0.5));
+        assert!(
+            table
+                .comparison(WEBHOOK)
+                .starts_with("0.50 × floor (target ≥ 0.5)")
+        );
+        table.add(FIXED_RATE, measure(1000.0), &mut problems, None);
+        assert_eq!(table.comparison(FIXED_RATE), "p99 target < 10 ms, not met");
+    }
+
+    #[test]
+    fn numbers_read_easily() {
+        assert_eq!(thousands(9298.4), "9,298");
+        assert_eq!(thousands(416.0), "416");
+        assert_eq!(thousands(1234567.0), "1,234,567");
+        assert_eq!(fmt(None, 2), "–");
+    }
+}
