@@ -42,6 +42,19 @@ pub fn calls_server(
     run(&mut cmd, &format!("calls-server {subcommand}"))
 }
 
+/// `calls-server reconcile [args]`; simulated telephony unless `TELEPHONY` says otherwise,
+/// so a local run never needs an ElevenLabs account.
+pub fn reconcile(root: &Path, args: &[String], db_url: &str) -> Result<()> {
+    let mut cmd = cargo(root);
+    cmd.args(["run", "--quiet", "-p", "calls-server", "--", "reconcile"])
+        .args(args)
+        .env("DATABASE_URL", db_url);
+    if std::env::var_os("TELEPHONY").is_none() {
+        cmd.env("TELEPHONY", "simulated");
+    }
+    run(&mut cmd, "calls-server reconcile")
+}
+
 /// Cargo profiles: `dev` for run/demo, `release` for bench.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Profile {
@@ -412,6 +425,9 @@ pub fn demo_on(root: &Path, db_url: &str) -> Result<()> {
         .try_clone()
         .with_context(|| format!("opening {}", log_path.display()))?;
     let mut cmd = settings.command(&bin, db_url);
+    // The simulated telephony loses the webhook of each call's second turn on purpose; the
+    // post-call event's transcript reconciliation must restore it.
+    cmd.env("SIMULATED_DROP_TURN", DROPPED_TURN.to_string());
     cmd.stdin(Stdio::null()).stdout(log).stderr(log_err);
 
     println!(
@@ -479,6 +495,15 @@ fn demo_calls(client: &Client, settings: &Settings) -> Result<()> {
     for driver in &drivers {
         let call_sid = driver.call_sid(&timestamp);
         println!("\n=== {call_sid} ({}) ===", driver.name);
+        let (_, body, call) =
+            get_json::<CallOutcomeView>(client, settings, &format!("/calls/{call_sid}"))?;
+        let outcome = call
+            .and_then(|c| c.outcome)
+            .ok_or_else(|| anyhow!("the completed call {call_sid} has no outcome: {body}"))?;
+        println!("outcome: {outcome}");
+        println!(
+            "transcript (turn {DROPPED_TURN}'s webhook was dropped on purpose; the post-call event restored it):"
+        );
         for line in transcript(client, settings, &call_sid)? {
             println!("{line}");
         }
@@ -534,6 +559,15 @@ fn wait_completed(client: &Client, settings: &Settings, call_sid: &str) -> Resul
     }
 }
 
+/// Which turn's webhook the demo's simulated telephony drops.
+const DROPPED_TURN: usize = 2;
+
+/// The part of `GET /calls/{sid}` the demo prints.
+#[derive(Deserialize)]
+struct CallOutcomeView {
+    outcome: Option<serde_json::Value>,
+}
+
 /// The part of `GET /calls/{sid}/transcriptions` the demo prints.
 #[derive(Deserialize)]
 struct Transcript {
@@ -561,6 +595,11 @@ fn transcript(client: &Client, settings: &Settings, call_sid: &str) -> Result<Ve
         .transcriptions;
     if turns.is_empty() {
         bail!("the completed call {call_sid} has no transcript turns");
+    }
+    // Reconciled: numbered 1..N without gaps, the dropped turn included.
+    let numbers: Vec<i64> = turns.iter().map(|t| t.sequence_number).collect();
+    if numbers != (1..=turns.len() as i64).collect::<Vec<_>>() || turns.len() < DROPPED_TURN {
+        bail!("the transcript of {call_sid} is not gapless 1..N with turn {DROPPED_TURN}: {numbers:?}");
     }
     Ok(turns.iter().map(format_turn).collect())
 }
@@ -650,7 +689,7 @@ mod tests {
             Mock::given(method("GET"))
                 .and(path_regex("^/calls/[^/]+$"))
                 .and(auth())
-                .respond_with(ResponseTemplate::new(200).set_body_json(json!({"call_sid": "x", "status": call_status})))
+                .respond_with(ResponseTemplate::new(200).set_body_json(json!({"call_sid": "x", "status": call_status, "outcome": {"call_successful": "success"}})))
                 .mount(&server)
                 .await;
             server

@@ -45,6 +45,11 @@ enum Command {
     /// Run `calls-server backfill [args]` against the database
     #[command(disable_help_flag = true)]
     Backfill(PassThrough),
+    /// Run `calls-server reconcile [--older-than SECS]` against the database: one pass of the
+    /// stale-call repair (TELEPHONY defaults to `simulated` here, which knows no conversation
+    /// of another process: stale calls come back `not_found`)
+    #[command(disable_help_flag = true)]
+    Reconcile(PassThrough),
     /// Print the ElevenLabs webhook tool configuration (`calls-server elevenlabs-tool-config`)
     #[command(disable_help_flag = true)]
     ElevenlabsToolConfig(PassThrough),
@@ -91,6 +96,10 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Backfill(p) => {
             let url = db::ensure_database(&root)?;
             dev::calls_server(&root, "backfill", &p.args, Some(&url))
+        }
+        Command::Reconcile(p) => {
+            let url = db::ensure_database(&root)?;
+            dev::reconcile(&root, &p.args, &url)
         }
         Command::ElevenlabsToolConfig(p) => {
             dev::calls_server(&root, "elevenlabs-tool-config", &p.args, None)
