@@ -301,20 +301,21 @@ async fn measure(
 ) -> Load {
     let before = meter.sample(Some(server.pid()));
     let started = Instant::now();
+    let target = load::Target {
+        client,
+        base_url: server.base_url(),
+        workload,
+    };
     let mut load = match rate {
         None => {
-            load::closed_loop(
-                client,
-                server.base_url(),
-                workload,
-                options.clients,
-                options.duration(),
-            )
-            .await
+            let mode = load::Mode::Closed {
+                clients: options.clients,
+            };
+            target.run(mode, options.duration()).await
         }
         Some(rate) => {
             let duration = Duration::from_secs(options.rate_seconds);
-            load::fixed_rate(client, server.base_url(), workload, rate, duration).await
+            target.run(load::Mode::Rate(rate), duration).await
         }
     };
     load.elapsed = started.elapsed();
