@@ -269,77 +269,93 @@ fn call_for(sender: usize, n: u64, senders: usize, calls: usize) -> usize {
     sender + senders * turn
 }
 
-/// `clients` senders, each sending its next request when the last is answered, for `duration`.
-pub async fn closed_loop(
-    client: &reqwest::Client,
-    base_url: &str,
-    workload: &Workload<'_>,
-    clients: u32,
-    duration: Duration,
-) -> Load {
-    let senders = clients as usize;
-    let calls = workload.calls();
-    let deadline = Instant::now() + duration;
-    let runs = (0..senders).map(|sender| async move {
-        let mut load = Load::new(workload);
-        let mut n = 0;
-        while Instant::now() < deadline {
-            n += 1;
-            let call = call_for(sender, n, senders, calls);
-            let sent = Instant::now();
-            let result = workload
-                .request(client, base_url, call, sender, n)
-                .send()
-                .await;
-            let failed = result.is_err();
-            load.record(call, sent, result).await;
-            if failed {
-                // Don't spin if the server has gone away.
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-        load
-    });
-    let mut total = Load::new(workload);
-    for load in futures_util::future::join_all(runs).await {
-        total.merge(load);
-    }
-    total
+/// Where the requests go and what they are.
+pub struct Target<'a> {
+    pub client: &'a reqwest::Client,
+    pub base_url: &'a str,
+    pub workload: &'a Workload<'a>,
 }
 
-/// `rate` requests per second for `duration`, on a schedule: request k leaves at k / rate
-/// seconds, to call k % calls, whether or not the earlier ones were answered.
-pub async fn fixed_rate(
-    client: &reqwest::Client,
-    base_url: &str,
-    workload: &Workload<'_>,
-    rate: u32,
-    duration: Duration,
-) -> Load {
-    let calls = workload.calls();
-    let total = (duration.as_secs_f64() * f64::from(rate)) as u64;
-    let start = tokio::time::Instant::now();
-    let mut in_flight = JoinSet::new();
-    for k in 0..total {
-        let at = start + Duration::from_secs_f64(k as f64 / f64::from(rate));
-        tokio::time::sleep_until(at).await;
-        let call = (k as usize) % calls;
-        let request = workload.request(client, base_url, call, 0, k + 1);
-        let mut load = Load::new(workload);
-        in_flight.spawn(async move {
-            let result = request.send().await;
-            load.record(call, at.into_std(), result).await;
-            load
-        });
-    }
-    let mut total_load = Load::new(workload);
-    while let Some(done) = in_flight.join_next().await {
-        match done {
-            Ok(load) => total_load.merge(load),
-            Err(e) => total_load.problem_seen(format!("a request task failed: {e}")),
+/// How the requests leave.
+#[derive(Clone, Copy, Debug)]
+pub enum Mode {
+    /// This many senders, each sending its next request when the last is answered.
+    Closed { clients: u32 },
+    /// This many requests per second on a schedule, whatever the answers do.
+    Rate(u32),
+}
+
+impl Target<'_> {
+    /// Requests for `duration` (at a fixed rate: the last one leaves then; all are awaited).
+    pub async fn run(&self, mode: Mode, duration: Duration) -> Load {
+        match mode {
+            Mode::Closed { clients } => self.closed_loop(clients, duration).await,
+            Mode::Rate(rate) => self.fixed_rate(rate, duration).await,
         }
     }
-    total_load
+
+    /// `clients` senders, each sending its next request when the last is answered.
+    async fn closed_loop(&self, clients: u32, duration: Duration) -> Load {
+        let (client, base_url, workload) = (self.client, self.base_url, self.workload);
+        let senders = clients as usize;
+        let calls = workload.calls();
+        let deadline = Instant::now() + duration;
+        let runs = (0..senders).map(|sender| async move {
+            let mut load = Load::new(workload);
+            let mut n = 0;
+            while Instant::now() < deadline {
+                n += 1;
+                let call = call_for(sender, n, senders, calls);
+                let sent = Instant::now();
+                let result = workload
+                    .request(client, base_url, call, sender, n)
+                    .send()
+                    .await;
+                let failed = result.is_err();
+                load.record(call, sent, result).await;
+                if failed {
+                    // Don't spin if the server has gone away.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+            load
+        });
+        let mut total = Load::new(workload);
+        for load in futures_util::future::join_all(runs).await {
+            total.merge(load);
+        }
+        total
+    }
+
+    /// `rate` requests per second on a schedule: request k leaves at k / rate seconds, to
+    /// call k % calls, whether or not the earlier ones were answered.
+    async fn fixed_rate(&self, rate: u32, duration: Duration) -> Load {
+        let (client, base_url, workload) = (self.client, self.base_url, self.workload);
+        let calls = workload.calls();
+        let total = (duration.as_secs_f64() * f64::from(rate)) as u64;
+        let start = tokio::time::Instant::now();
+        let mut in_flight = JoinSet::new();
+        for k in 0..total {
+            let at = start + Duration::from_secs_f64(k as f64 / f64::from(rate));
+            tokio::time::sleep_until(at).await;
+            let call = (k as usize) % calls;
+            let request = workload.request(client, base_url, call, 0, k + 1);
+            let mut load = Load::new(workload);
+            in_flight.spawn(async move {
+                let result = request.send().await;
+                load.record(call, at.into_std(), result).await;
+                load
+            });
+        }
+        let mut total_load = Load::new(workload);
+        while let Some(done) = in_flight.join_next().await {
+            match done {
+                Ok(load) => total_load.merge(load),
+                Err(e) => total_load.problem_seen(format!("a request task failed: {e}")),
+            }
+        }
+        total_load
+    }
 }
 
 #[derive(Deserialize)]

@@ -24,7 +24,7 @@ use clap::Parser;
 
 use batch::Batch;
 use load::{Load, Workload};
-use pgbench::{Database, Pgbench};
+use pgbench::{Database, Pgbench, Script};
 use report::Table;
 use server::Server;
 
@@ -131,7 +131,7 @@ async fn bench(options: Options) -> Result<()> {
 async fn run(options: &Options, db: &Database, settings: &pgbench::Settings) -> Result<()> {
     let meter = cpu::Meter::new(settings.postmaster);
     let load_before = cpu::load_average();
-    let pgbench = Pgbench::prepare(db, options.calls, meter).await?;
+    let pgbench = Pgbench::prepare(db, options.calls, options.rounds, meter).await?;
     let fake = fake::FakeElevenLabs::start(Duration::from_millis(options.delay_ms)).await;
     let mut server = Server::start(options, db.schema(), &fake.uri()).await?;
     let outcome = rounds(options, &pgbench, &server, &fake, meter).await;
@@ -263,16 +263,14 @@ async fn rounds(
         let (spread, rest) = batch.call_sids.split_at(options.calls as usize);
         let (one, fixed) = rest.split_at(1);
 
-        run.pgbench(report::FLOOR, pgbench.floor(clients, duration).await?);
-        run.pgbench(
-            report::APPEND,
-            pgbench.append(clients, duration, false).await?,
-        );
+        let pgbench_run = |script| pgbench.measure(script, round, clients, duration);
+        run.pgbench(report::FLOOR, pgbench_run(Script::Floor).await?);
+        run.pgbench(report::APPEND, pgbench_run(Script::Append).await?);
         run.http(report::WEBHOOK, Workload::webhook(spread, round), None)
             .await;
         run.pgbench(
             report::APPEND_ONE,
-            pgbench.append(clients, duration, true).await?,
+            pgbench_run(Script::AppendOneCall).await?,
         );
         run.http(report::WEBHOOK_ONE, Workload::webhook(one, round), None)
             .await;
@@ -301,20 +299,21 @@ async fn measure(
 ) -> Load {
     let before = meter.sample(Some(server.pid()));
     let started = Instant::now();
+    let target = load::Target {
+        client,
+        base_url: server.base_url(),
+        workload,
+    };
     let mut load = match rate {
         None => {
-            load::closed_loop(
-                client,
-                server.base_url(),
-                workload,
-                options.clients,
-                options.duration(),
-            )
-            .await
+            let mode = load::Mode::Closed {
+                clients: options.clients,
+            };
+            target.run(mode, options.duration()).await
         }
         Some(rate) => {
             let duration = Duration::from_secs(options.rate_seconds);
-            load::fixed_rate(client, server.base_url(), workload, rate, duration).await
+            target.run(load::Mode::Rate(rate), duration).await
         }
     };
     load.elapsed = started.elapsed();

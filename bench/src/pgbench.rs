@@ -195,16 +195,63 @@ pub struct Pgbench {
     meter: Meter,
 }
 
+/// The three pgbench measurements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Script {
+    /// The one-row INSERT, spread over the calls.
+    Floor,
+    /// The service's append transaction, spread over the calls.
+    Append,
+    /// The append transaction, all on one call.
+    AppendOneCall,
+}
+
+impl Script {
+    const ALL: [Script; 3] = [Script::Floor, Script::Append, Script::AppendOneCall];
+
+    fn name(self) -> &'static str {
+        match self {
+            Script::Floor => "floor",
+            Script::Append => "append",
+            Script::AppendOneCall => "one",
+        }
+    }
+
+    fn file(self) -> &'static str {
+        match self {
+            Script::Floor => "floor.sql",
+            Script::Append | Script::AppendOneCall => "append.sql",
+        }
+    }
+
+    /// Each round writes to calls of its own, as the webhook rows do, so that a round's
+    /// figures do not depend on how many turns earlier rounds left on the same calls.
+    fn prefix(self, round: u32) -> String {
+        format!("pgb_r{round}_{}_", self.name())
+    }
+}
+
 impl Pgbench {
-    /// The calls pgbench writes to (`pgb_floor_N`, `pgb_append_N`, `pgb_one_1`), the floor's
-    /// sequence, and the scripts in a directory of their own.
-    pub async fn prepare(db: &Database, calls: u32, meter: Meter) -> Result<Self> {
+    /// The calls pgbench writes to (`pgb_r<round>_<script>_<n>`), the floor's sequence, and
+    /// the scripts in a directory of their own.
+    pub async fn prepare(db: &Database, calls: u32, rounds: u32, meter: Meter) -> Result<Self> {
+        let prefixes: Vec<String> = (1..=rounds)
+            .flat_map(|round| Script::ALL.map(|script| (script, round)))
+            .map(|(script, round)| {
+                let n = if script == Script::AppendOneCall {
+                    1
+                } else {
+                    calls
+                };
+                format!("('{}', {n})", script.prefix(round))
+            })
+            .collect();
         db.psql(&format!(
             "CREATE SEQUENCE pgb_floor_seq;
              INSERT INTO calls (call_sid, conversation_id, call_start_time, status, created_at, updated_at)
              SELECT p || g, p || g, now(), 'in_progress', now(), now()
-               FROM unnest(ARRAY['pgb_floor_', 'pgb_append_']) AS p, generate_series(1, {calls}) AS g
-             UNION ALL SELECT 'pgb_one_1', 'pgb_one_1', now(), 'in_progress', now(), now()"
+               FROM (VALUES {}) AS s(p, n), generate_series(1, n) AS g",
+            prefixes.join(", ")
         ))
         .await
         .context("creating the calls pgbench writes to")?;
@@ -225,53 +272,33 @@ impl Pgbench {
         })
     }
 
-    pub async fn floor(&self, clients: u32, duration: Duration) -> Result<Run> {
-        self.run(
-            "floor",
-            "floor.sql",
-            "pgb_floor_",
-            self.calls,
-            clients,
-            duration,
-        )
-        .await
-    }
-
-    /// The append transaction over all the calls, or all on one call.
-    pub async fn append(&self, clients: u32, duration: Duration, one_call: bool) -> Result<Run> {
-        if one_call {
-            self.run(
-                "append, one call",
-                "append.sql",
-                "pgb_one_",
-                1,
-                clients,
-                duration,
-            )
-            .await
+    /// One pgbench measurement of `script` in round `round`.
+    pub async fn measure(
+        &self,
+        script: Script,
+        round: u32,
+        clients: u32,
+        duration: Duration,
+    ) -> Result<Run> {
+        let calls = if script == Script::AppendOneCall {
+            1
         } else {
-            self.run(
-                "append",
-                "append.sql",
-                "pgb_append_",
-                self.calls,
-                clients,
-                duration,
-            )
+            self.calls
+        };
+        self.run(script, &script.prefix(round), calls, clients, duration)
             .await
-        }
     }
 
     async fn run(
         &self,
-        what: &str,
-        script: &str,
+        script: Script,
         prefix: &str,
         calls: u32,
         clients: u32,
         duration: Duration,
     ) -> Result<Run> {
-        let log_prefix = self.dir.join(script.trim_end_matches(".sql"));
+        let what = script.name();
+        let log_prefix = self.dir.join(what);
         let before = self.meter.sample(None);
         let out = self
             .db
@@ -279,7 +306,7 @@ impl Pgbench {
             .args(["-n", "-M", "prepared", "-j", "2"])
             .arg(format!("--client={clients}"))
             .arg(format!("--time={}", duration.as_secs()))
-            .arg(format!("--file={}", self.dir.join(script).display()))
+            .arg(format!("--file={}", self.dir.join(script.file()).display()))
             .arg(format!("--define=prefix={prefix}"))
             .arg(format!("--define=calls={calls}"))
             .arg("--log")
