@@ -16,8 +16,8 @@ use crate::report::Measure;
 /// The floor: the cheapest durable way to store a turn, one INSERT per transaction. The
 /// sequence keeps `(conversation_id, sequence_number)` unique without any lookup.
 const FLOOR_SQL: &str = include_str!("../pgbench/floor.sql");
-/// The service's append transaction as it is on main: lock the Call's row, the append
-/// statement (duplicate check and next number in one), commit.
+/// The service's append transaction as it was before migration 0010 (issue 11's baseline):
+/// lock the Call's row, the append statement (duplicate check and next number in one), commit.
 const APPEND_SQL: &str = include_str!("../pgbench/append.sql");
 
 /// psql and pgbench against one database, optionally inside the bench schema.
