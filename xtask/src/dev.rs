@@ -599,7 +599,9 @@ fn transcript(client: &Client, settings: &Settings, call_sid: &str) -> Result<Ve
     // Reconciled: numbered 1..N without gaps, the dropped turn included.
     let numbers: Vec<i64> = turns.iter().map(|t| t.sequence_number).collect();
     if numbers != (1..=turns.len() as i64).collect::<Vec<_>>() || turns.len() < DROPPED_TURN {
-        bail!("the transcript of {call_sid} is not gapless 1..N with turn {DROPPED_TURN}: {numbers:?}");
+        bail!(
+            "the transcript of {call_sid} is not gapless 1..N with turn {DROPPED_TURN}: {numbers:?}"
+        );
     }
     Ok(turns.iter().map(format_turn).collect())
 }

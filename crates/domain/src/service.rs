@@ -14,3 +14,25 @@ pub use reconcile_stale::{
     PassOutcome, ReconcileError, ReconcileResult, ReconcileSettings, ReconcileStale, Reconciled,
 };
 pub use record_turn::{NotFoundReason, RecordTurn, RecordTurnError};
+
+use crate::ports::{BoxError, RepositoryError};
+
+/// How a use case fails when its repository does: the database-down case stays
+/// distinguishable (the HTTP layer answers it with the retry hint), anything else is a bug.
+/// Use cases whose only failure is the repository's share it.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreFailure {
+    #[error("database unavailable")]
+    Unavailable(#[source] BoxError),
+    #[error("unexpected repository error")]
+    Unexpected(#[source] BoxError),
+}
+
+impl From<RepositoryError> for StoreFailure {
+    fn from(e: RepositoryError) -> Self {
+        match e {
+            RepositoryError::Unavailable(inner) => Self::Unavailable(inner),
+            other => Self::Unexpected(Box::new(other)),
+        }
+    }
+}

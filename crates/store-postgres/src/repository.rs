@@ -435,20 +435,20 @@ async fn finish_in_transaction(
                 } else {
                     (current.call_end_time, current.failure_reason.clone())
                 };
-                let row = diesel::update(calls::table.filter(calls::id.eq(current.id)))
-                    .set((
-                        calls::conversation_id.eq(conversation_id.as_ref().map(|c| c.as_str())),
-                        calls::status.eq(CallStatus::Completed.as_str()),
-                        calls::call_end_time.eq(end),
-                        calls::failure_reason.eq(reason),
-                        calls::outcome.eq(Some(outcome_json)),
-                        calls::updated_at.eq(now),
-                    ))
-                    .returning(CallRow::as_returning())
-                    .get_result(conn)
-                    .await
-                    .map_err(|e| conflict_on_unique(e.into(), call_sid))?;
-                done.call = to_call(row)?;
+                done.call = write_finish(
+                    conn,
+                    current.id,
+                    call_sid,
+                    FinishChanges {
+                        conversation_id: conversation_id.as_ref().map(|c| c.as_str()),
+                        status: CallStatus::Completed.as_str(),
+                        call_end_time: end,
+                        failure_reason: reason.as_deref(),
+                        outcome: Some(outcome_json),
+                        updated_at: now,
+                    },
+                )
+                .await?;
                 done.status_changed = status_changed;
             }
             if let Some(conversation_id) = &conversation_id {
@@ -461,24 +461,57 @@ async fn finish_in_transaction(
         Ending::Failed { end, reason } => {
             // Only a call still in progress can turn out never to have connected.
             if current.status == CallStatus::InProgress {
-                let row = diesel::update(calls::table.filter(calls::id.eq(current.id)))
-                    .set((
-                        calls::conversation_id.eq(conversation_id.as_ref().map(|c| c.as_str())),
-                        calls::status.eq(CallStatus::Failed.as_str()),
-                        calls::call_end_time.eq(Some(micros(*end))),
-                        calls::failure_reason.eq(Some(reason.as_str())),
-                        calls::updated_at.eq(now),
-                    ))
-                    .returning(CallRow::as_returning())
-                    .get_result(conn)
-                    .await
-                    .map_err(|e| conflict_on_unique(e.into(), call_sid))?;
-                done.call = to_call(row)?;
+                done.call = write_finish(
+                    conn,
+                    current.id,
+                    call_sid,
+                    FinishChanges {
+                        conversation_id: conversation_id.as_ref().map(|c| c.as_str()),
+                        status: CallStatus::Failed.as_str(),
+                        call_end_time: Some(micros(*end)),
+                        failure_reason: Some(reason.as_str()),
+                        outcome: current
+                            .outcome
+                            .as_ref()
+                            .map(serde_json::to_value)
+                            .transpose()
+                            .map_err(|e| RepositoryError::Unexpected(Box::new(e)))?,
+                        updated_at: now,
+                    },
+                )
+                .await?;
                 done.status_changed = true;
             }
         }
     }
     Ok(done)
+}
+
+/// Every column a finish writes (NULLs included: the Ending decides each value).
+#[derive(AsChangeset)]
+#[diesel(table_name = calls, treat_none_as_null = true)]
+struct FinishChanges<'a> {
+    conversation_id: Option<&'a str>,
+    status: &'a str,
+    call_end_time: Option<OffsetDateTime>,
+    failure_reason: Option<&'a str>,
+    outcome: Option<serde_json::Value>,
+    updated_at: OffsetDateTime,
+}
+
+async fn write_finish(
+    conn: &mut AsyncPgConnection,
+    id: i64,
+    call_sid: &CallSid,
+    changes: FinishChanges<'_>,
+) -> Result<Call, DbError> {
+    let row = diesel::update(calls::table.filter(calls::id.eq(id)))
+        .set(changes)
+        .returning(CallRow::as_returning())
+        .get_result(conn)
+        .await
+        .map_err(|e| conflict_on_unique(e.into(), call_sid))?;
+    to_call(row)
 }
 
 /// A unique violation while linking a conversation_id: another Call has it.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use time::{Duration, OffsetDateTime};
 
 use crate::models::{Call, CallSid, CallStatus, ConversationId, ConversationReport};
-use crate::ports::{BoxError, CallFinish, CallRepository, Ending, Finished, RepositoryError};
+use crate::ports::{CallFinish, CallRepository, Ending, Finished, RepositoryError};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PostCallEvent {
@@ -49,22 +49,8 @@ pub enum PostCallOutcome {
     UnknownCall,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum PostCallError {
-    #[error("database unavailable")]
-    Unavailable(#[source] BoxError),
-    #[error("unexpected error while applying a post-call event")]
-    Unexpected(#[source] BoxError),
-}
-
-impl From<RepositoryError> for PostCallError {
-    fn from(e: RepositoryError) -> Self {
-        match e {
-            RepositoryError::Unavailable(inner) => Self::Unavailable(inner),
-            other => Self::Unexpected(Box::new(other)),
-        }
-    }
-}
+/// Applying an event fails only when the repository does.
+pub type PostCallError = super::StoreFailure;
 
 pub struct ApplyPostCall {
     repository: Arc<dyn CallRepository>,

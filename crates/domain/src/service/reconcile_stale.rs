@@ -16,7 +16,7 @@ use time::OffsetDateTime;
 
 use super::post_call::{ApplyPostCall, PostCallError, PostCallOutcome};
 use crate::models::{Call, CallSid, ConversationId};
-use crate::ports::{BoxError, CallRepository, ConversationState, RepositoryError, Telephony};
+use crate::ports::{CallRepository, ConversationState, Telephony};
 
 /// Failure reason of a stale Call that never got a conversation_id.
 pub const NO_CONVERSATION_ID: &str = "no conversation_id";
@@ -102,22 +102,8 @@ pub enum PassOutcome {
     Ran(Vec<Reconciled>),
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ReconcileError {
-    #[error("database unavailable")]
-    Unavailable(#[source] BoxError),
-    #[error("unexpected error while reconciling stale calls")]
-    Unexpected(#[source] BoxError),
-}
-
-impl From<RepositoryError> for ReconcileError {
-    fn from(e: RepositoryError) -> Self {
-        match e {
-            RepositoryError::Unavailable(inner) => Self::Unavailable(inner),
-            other => Self::Unexpected(Box::new(other)),
-        }
-    }
-}
+/// A pass fails only when the repository does (failures on single Calls are results).
+pub type ReconcileError = super::StoreFailure;
 
 pub struct ReconcileStale {
     repository: Arc<dyn CallRepository>,
@@ -316,6 +302,7 @@ fn apply_error(e: &PostCallError) -> ReconcileResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::RepositoryError;
     use crate::models::{CallOutcome, CallStatus, ConversationReport, EventTurn, SpeakerType};
     use crate::ports::{
         CallFinish, Ending, Finished, MockCallRepository, MockTelephony, ReconcilerLease,
