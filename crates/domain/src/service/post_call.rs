@@ -405,36 +405,38 @@ mod tests {
         assert_eq!(outcome, PostCallOutcome::UnknownCall);
     }
 
-    #[tokio::test]
-    async fn an_initiation_failure_fails_an_in_progress_call_with_its_reason() {
-        let event = PostCallEvent::InitiationFailure {
+    fn busy() -> PostCallEvent {
+        PostCallEvent::InitiationFailure {
             conversation_id: Some(ConversationId::parse("conv_1").expect("conv")),
             call_sid: None,
             failure_reason: "busy".into(),
-        };
+        }
+    }
+
+    /// A repository whose Call for conv_1 is in `status`.
+    fn found_by_conversation(status: CallStatus) -> MockCallRepository {
         let mut repo = MockCallRepository::new();
         repo.expect_get_by_conversation_id()
-            .returning(|_| Ok(Some(call(CallStatus::InProgress, Some("conv_1")))));
+            .returning(move |_| Ok(Some(call(status, Some("conv_1")))));
+        repo
+    }
+
+    #[tokio::test]
+    async fn an_initiation_failure_fails_an_in_progress_call_with_its_reason() {
+        let mut repo = found_by_conversation(CallStatus::InProgress);
         repo.expect_finish_call()
             .withf(|_, f| matches!(&f.ending, Ending::Failed { reason, .. } if reason == "busy"))
             .times(1)
             .returning(|_, _| Ok(finished(CallStatus::Failed, true, 0)));
-        let outcome = apply(repo, event.clone()).await.expect("ok");
+        let outcome = apply(repo, busy()).await.expect("ok");
         assert!(matches!(outcome, PostCallOutcome::Failed(_)));
     }
 
     #[tokio::test]
     async fn an_initiation_failure_leaves_a_completed_call_alone() {
-        let event = PostCallEvent::InitiationFailure {
-            conversation_id: Some(ConversationId::parse("conv_1").expect("conv")),
-            call_sid: None,
-            failure_reason: "busy".into(),
-        };
-        let mut repo = MockCallRepository::new();
-        repo.expect_get_by_conversation_id()
-            .returning(|_| Ok(Some(call(CallStatus::Completed, Some("conv_1")))));
+        let mut repo = found_by_conversation(CallStatus::Completed);
         repo.expect_finish_call().times(0);
-        let outcome = apply(repo, event.clone()).await.expect("ok");
+        let outcome = apply(repo, busy()).await.expect("ok");
         assert!(matches!(outcome, PostCallOutcome::Unchanged(_)));
     }
 }
