@@ -350,3 +350,62 @@ impl ReadyWatch {
             .map_or_else(|e| format!("watch failed: {e}"), |seen| seen.join("→"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_longest_outage_counts_from_the_start_of_the_load() {
+        let t = Instant::now();
+        let at = |ms| t + Duration::from_millis(ms);
+        let mut outcome = Outcome {
+            started: Some(t),
+            ok_at: vec![at(300), at(100), at(1800), at(2000)],
+            ..Outcome::default()
+        };
+        assert_eq!(outcome.longest_outage(), Duration::from_millis(1500));
+        outcome.ok_at = vec![at(900)];
+        assert_eq!(outcome.longest_outage(), Duration::from_millis(900));
+    }
+
+    #[test]
+    fn only_5xx_408_429_and_silence_are_retried() {
+        let saved = Saved {
+            transcription_id: 1,
+            sequence_number: 1,
+        };
+        assert!(Answer::Status(500, String::new()).retryable());
+        assert!(Answer::Status(408, String::new()).retryable());
+        assert!(Answer::Transport("reset".into()).retryable());
+        assert!(!Answer::Status(400, String::new()).retryable());
+        assert!(!Answer::Created(saved).retryable());
+        assert_eq!(Answer::Repeat(saved).acknowledged(), Some(saved));
+        assert_eq!(Answer::Status(503, String::new()).acknowledged(), None);
+    }
+
+    #[test]
+    fn a_check_fails_on_anything_lost_duplicated_or_misnumbered() {
+        assert!(Check::default().ok());
+        for check in [
+            Check {
+                lost: 1,
+                ..Check::default()
+            },
+            Check {
+                duplicated: 1,
+                ..Check::default()
+            },
+            Check {
+                gapped_calls: 1,
+                ..Check::default()
+            },
+            Check {
+                wrong_ids: 1,
+                ..Check::default()
+            },
+        ] {
+            assert!(!check.ok(), "{check:?}");
+        }
+    }
+}

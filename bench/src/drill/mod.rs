@@ -162,7 +162,7 @@ async fn run(options: &Options, db: &Database, settings: &crate::pgbench::Settin
     }
     if options.runs(5) {
         eprintln!("drill 5: slow and oversized unauthenticated clients");
-        rows.push(slow::drill(options, &server).await?);
+        rows.push(slow::drill(&server).await?);
     }
     server.stop().await;
     print(&rows, options, settings, started.elapsed());
@@ -467,4 +467,55 @@ pub fn p50_max(latencies: &mut [Duration]) -> String {
         ms(max),
         latencies.len()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::load::Saved;
+    use deliver::Answer;
+
+    fn saved(id: i64) -> Saved {
+        Saved {
+            transcription_id: id,
+            sequence_number: 1,
+        }
+    }
+
+    #[test]
+    fn racing_pairs_are_tallied() {
+        let turn = Delivery::new(0, "EL_1", "m".to_string(), "t");
+        let mut tally = Tally::default();
+        tally.count(&turn, &Answer::Created(saved(1)), &Answer::Repeat(saved(1)));
+        tally.count(
+            &turn,
+            &Answer::Created(saved(2)),
+            &Answer::Created(saved(3)),
+        );
+        tally.count(
+            &turn,
+            &Answer::Status(500, String::new()),
+            &Answer::Repeat(saved(4)),
+        );
+        assert_eq!(
+            (
+                tally.turns,
+                tally.created,
+                tally.repeats,
+                tally.both_created
+            ),
+            (3, 3, 2, 1)
+        );
+        assert_eq!(
+            (tally.disagreements, tally.failures, tally.acked.len()),
+            (1, 1, 5)
+        );
+    }
+
+    #[test]
+    fn latencies_read_as_p50_and_max() {
+        assert_eq!(p50_max(&mut []), "no answers");
+        let mut l = [3, 1, 2, 10].map(Duration::from_millis);
+        assert_eq!(p50_max(&mut l), "p50 2 ms, max 10 ms (n=4)");
+    }
 }

@@ -1,13 +1,16 @@
 //! Drill 5: clients without credentials that trickle their bodies a byte at a time, and
 //! clients that send 16 MiB bodies, all at once; the server's memory (VmHWM, VmRSS) and
 //! how each was cut off (408, 413, 401 or a closed connection), with /readyz meanwhile.
+//! The same again at the same time with the webhook secret (a leaked secret, or a broken
+//! sender): those get past the 401 to the body limit and the body read timeout.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use super::{Options, Row, p50_max};
+use super::{Row, p50_max};
 use crate::server::Server;
 
 const SLOW_CLIENTS: usize = 32;
@@ -39,15 +42,21 @@ impl Ends {
     }
 }
 
-async fn post(client: &reqwest::Client, url: &str, body: reqwest::Body) -> (String, Duration) {
+async fn post(
+    client: &reqwest::Client,
+    url: &str,
+    body: reqwest::Body,
+    authenticated: bool,
+) -> (String, Duration) {
     let sent = Instant::now();
-    let ended = match client
+    let mut request = client
         .post(url)
         .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-    {
+        .body(body);
+    if authenticated {
+        request = request.bearer_auth(crate::load::WEBHOOK_SECRET);
+    }
+    let ended = match request.send().await {
         Ok(response) => response.status().as_u16().to_string(),
         Err(e) if e.is_timeout() => "client timeout".to_string(),
         Err(_) => "closed".to_string(),
@@ -71,7 +80,7 @@ fn trickle() -> reqwest::Body {
     reqwest::Body::wrap_stream(bytes)
 }
 
-pub async fn drill(options: &Options, server: &Server) -> Result<Row> {
+pub async fn drill(server: &Server) -> Result<Row> {
     let client = reqwest::Client::builder()
         .timeout(CLIENT_TIMEOUT)
         // One connection per client, as separate attackers would have.
@@ -85,18 +94,38 @@ pub async fn drill(options: &Options, server: &Server) -> Result<Row> {
     // One 16 MiB buffer shared by every big client.
     let big: &'static [u8] = Box::leak(vec![b' '; BIG_BODY].into_boxed_slice());
 
-    let slow =
-        futures_util::future::join_all((0..SLOW_CLIENTS).map(|_| post(&client, &url, trickle())));
-    let huge = futures_util::future::join_all(
-        (0..BIG_CLIENTS).map(|_| post(&client, &url, reqwest::Body::from(big))),
-    );
-    let started = Instant::now();
-    let watch_until = started + options.duration();
+    let group = |authenticated: bool| {
+        let (client, url) = (&client, &url);
+        let slow = futures_util::future::join_all(
+            (0..SLOW_CLIENTS).map(move |_| post(client, url, trickle(), authenticated)),
+        );
+        let huge = futures_util::future::join_all(
+            (0..BIG_CLIENTS)
+                .map(move |_| post(client, url, reqwest::Body::from(big), authenticated)),
+        );
+        async move {
+            let (slow, huge) = tokio::join!(slow, huge);
+            let (mut slow_ends, mut big_ends) = (Ends::default(), Ends::default());
+            for (ended, after) in &slow {
+                slow_ends.add(ended, *after);
+            }
+            for (ended, after) in &huge {
+                big_ends.add(ended, *after);
+            }
+            (slow_ends, big_ends)
+        }
+    };
+    let done = AtomicBool::new(false);
+    let clients = async {
+        let both = tokio::join!(group(false), group(true));
+        done.store(true, Ordering::SeqCst);
+        both
+    };
     let ready = async {
         let mut latencies = Vec::new();
         let mut failures = 0u64;
         let mut rss_peak = 0u64;
-        while Instant::now() < watch_until {
+        while !done.load(Ordering::SeqCst) {
             let sent = Instant::now();
             let ok = probe
                 .get(format!("{base}/readyz"))
@@ -110,15 +139,10 @@ pub async fn drill(options: &Options, server: &Server) -> Result<Row> {
         }
         (latencies, failures, rss_peak)
     };
-    let (slow, huge, (mut ready_latencies, ready_failures, rss_peak)) =
-        tokio::join!(slow, huge, ready);
-    let (mut slow_ends, mut big_ends) = (Ends::default(), Ends::default());
-    for (ended, after) in &slow {
-        slow_ends.add(ended, *after);
-    }
-    for (ended, after) in &huge {
-        big_ends.add(ended, *after);
-    }
+    let (
+        ((mut slow_ends, mut big_ends), (mut slow_auth, mut big_auth)),
+        (mut ready_latencies, ready_failures, rss_peak),
+    ) = tokio::join!(clients, ready);
     let (hwm_after, rss_after) = (server.peak_rss_kib(), server.rss_kib());
     let mib =
         |kib: Option<u64>| kib.map_or("?".to_string(), |k| format!("{:.1}", k as f64 / 1024.0));
@@ -131,21 +155,25 @@ pub async fn drill(options: &Options, server: &Server) -> Result<Row> {
             .map(|(_, n)| n)
             .sum::<u64>()
     };
-    if uncut(&slow_ends) + uncut(&big_ends) > 0 {
-        notes.push(format!(
-            "{} clients were not cut off by the server",
-            uncut(&slow_ends) + uncut(&big_ends)
-        ));
+    let not_cut: u64 = [&slow_ends, &big_ends, &slow_auth, &big_auth]
+        .into_iter()
+        .map(uncut)
+        .sum();
+    if not_cut > 0 {
+        notes.push(format!("{not_cut} clients were not cut off by the server"));
     }
     if ready_failures > 0 {
         notes.push(format!("{ready_failures} /readyz probes failed meanwhile"));
     }
     let figures = format!(
-        "{SLOW_CLIENTS} trickling 1 byte/{} ms: {}; {BIG_CLIENTS} × 16 MiB: {}; server RSS {} MiB \
-         before, peak seen {} MiB, {} MiB after; VmHWM {} → {} MiB; /readyz meanwhile {}",
+        "without credentials, {SLOW_CLIENTS} trickling 1 byte/{} ms: {}; {BIG_CLIENTS} × 16 MiB: {}; \
+         at the same time with the webhook secret, {SLOW_CLIENTS} trickling: {}; {BIG_CLIENTS} × 16 MiB: {}; \
+         server RSS {} MiB before, peak seen {} MiB, {} MiB after; VmHWM {} → {} MiB; /readyz meanwhile {}",
         TRICKLE_EVERY.as_millis(),
         slow_ends.summary(),
         big_ends.summary(),
+        slow_auth.summary(),
+        big_auth.summary(),
         mib(rss_before),
         mib(Some(rss_peak)),
         mib(rss_after),
@@ -154,7 +182,7 @@ pub async fn drill(options: &Options, server: &Server) -> Result<Row> {
         p50_max(&mut ready_latencies),
     );
     Ok(Row {
-        drill: "5. slow and oversized unauthenticated clients",
+        drill: "5. slow and oversized clients (without credentials, and with the webhook secret)",
         acked: None,
         outage: None,
         figures,
