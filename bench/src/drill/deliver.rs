@@ -408,4 +408,55 @@ mod tests {
             assert!(!check.ok(), "{check:?}");
         }
     }
+
+    /// A transcript endpoint on wiremock answering `turns` for call `EL_1`.
+    async fn transcript_of(turns: serde_json::Value) -> wiremock::MockServer {
+        use wiremock::matchers::{method, path};
+        let server = wiremock::MockServer::start().await;
+        wiremock::Mock::given(method("GET"))
+            .and(path("/calls/EL_1/transcriptions"))
+            .respond_with(
+                wiremock::ResponseTemplate::new(200)
+                    .set_body_json(json!({ "transcriptions": turns })),
+            )
+            .mount(&server)
+            .await;
+        server
+    }
+
+    fn acked(message: &str, id: i64, sequence_number: i32) -> (Delivery, Saved) {
+        (
+            Delivery::new(0, "EL_1", message.to_string(), "t"),
+            Saved {
+                transcription_id: id,
+                sequence_number,
+            },
+        )
+    }
+
+    #[tokio::test]
+    async fn the_check_finds_lost_duplicated_and_misnumbered_turns() {
+        let client = reqwest::Client::new();
+        let sids = ["EL_1".to_string()];
+        let row = |id, n, m: &str| json!({"id": id, "sequence_number": n, "message_text": m});
+        let good = transcript_of(json!([row(10, 1, "a"), row(11, 2, "b")])).await;
+        let result = check(
+            &client,
+            &good.uri(),
+            &sids,
+            &[acked("a", 10, 1), acked("b", 11, 2)],
+        )
+        .await;
+        assert!(result.ok(), "{result:?}");
+        assert_eq!(result.stored, 2);
+        let lost = check(&client, &good.uri(), &sids, &[acked("c", 12, 3)]).await;
+        assert_eq!(lost.lost, 1);
+        let wrong = check(&client, &good.uri(), &sids, &[acked("a", 99, 1)]).await;
+        assert_eq!(wrong.wrong_ids, 1);
+
+        let bad = transcript_of(json!([row(10, 1, "a"), row(11, 3, "a")])).await;
+        let result = check(&client, &bad.uri(), &sids, &[acked("a", 10, 1)]).await;
+        assert_eq!((result.duplicated, result.gapped_calls), (1, 1));
+        assert!(!result.ok());
+    }
 }

@@ -161,7 +161,7 @@ async fn run(options: &Options, db: &Database, settings: &crate::pgbench::Settin
         rows.push(locks::drill(options, db, &server, &client, &sids).await?);
     }
     if options.runs(5) {
-        eprintln!("drill 5: slow and oversized unauthenticated clients");
+        eprintln!("drill 5: slow and oversized clients");
         rows.push(slow::drill(&server).await?);
     }
     server.stop().await;
