@@ -91,8 +91,8 @@ impl<'a> Workload<'a> {
 /// The ids a 201 answered with.
 #[derive(Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Saved {
-    transcription_id: i64,
-    sequence_number: i32,
+    pub transcription_id: i64,
+    pub sequence_number: i32,
 }
 
 /// What one measurement saw.
@@ -364,10 +364,10 @@ struct Transcript {
 }
 
 #[derive(Deserialize)]
-struct Turn {
-    id: i64,
-    sequence_number: i32,
-    message_text: String,
+pub struct Turn {
+    pub id: i64,
+    pub sequence_number: i32,
+    pub message_text: String,
 }
 
 /// Every call's stored transcript against the 201s it got: numbers exactly 1..=n in
@@ -390,12 +390,12 @@ pub async fn check_transcripts(
     problems
 }
 
-async fn check_transcript(
+/// A call's stored turns, in sequence order, through `GET /calls/{sid}/transcriptions`.
+pub async fn transcript(
     client: &reqwest::Client,
     base_url: &str,
     call_sid: &str,
-    created: &[Saved],
-) -> Result<(), String> {
+) -> Result<Vec<Turn>, String> {
     let transcript: Transcript = client
         .get(format!("{base_url}/calls/{call_sid}/transcriptions"))
         .bearer_auth(API_TOKEN)
@@ -406,7 +406,17 @@ async fn check_transcript(
         .json()
         .await
         .map_err(|e| e.to_string())?;
-    sequence_problem(&transcript.transcriptions, created).map_or(Ok(()), Err)
+    Ok(transcript.transcriptions)
+}
+
+async fn check_transcript(
+    client: &reqwest::Client,
+    base_url: &str,
+    call_sid: &str,
+    created: &[Saved],
+) -> Result<(), String> {
+    let turns = transcript(client, base_url, call_sid).await?;
+    sequence_problem(&turns, created).map_or(Ok(()), Err)
 }
 
 /// What is wrong with `turns`, if anything, given the 201s that created them.

@@ -10,6 +10,7 @@
 
 mod batch;
 mod cpu;
+mod drill;
 mod fake;
 mod load;
 mod pgbench;
@@ -96,7 +97,14 @@ impl Options {
 }
 
 fn main() -> std::process::ExitCode {
-    let options = Options::parse().effective();
+    // `calls-bench drill …` runs the failure drills (`cargo xtask drill`); anything else
+    // is the bench, whose options stay as they were.
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == "drill") {
+        args.remove(1);
+        return drill::main(drill::Options::parse_from(args));
+    }
+    let options = Options::parse_from(args).effective();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build();

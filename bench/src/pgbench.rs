@@ -63,6 +63,19 @@ impl Database {
         })
     }
 
+    /// A database by URL, for the drill (which has options of its own).
+    pub fn at(url: &str, bin: Option<PathBuf>) -> Self {
+        Database {
+            url: url.to_string(),
+            bin,
+            schema: "public".to_string(),
+        }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
     pub fn with_schema(&self, schema: &str) -> Self {
         Database {
             schema: schema.to_string(),
@@ -74,7 +87,7 @@ impl Database {
         &self.schema
     }
 
-    fn program(&self, name: &str) -> PathBuf {
+    pub fn program(&self, name: &str) -> PathBuf {
         self.bin
             .as_ref()
             .map(|dir| dir.join(name))
@@ -82,7 +95,7 @@ impl Database {
             .unwrap_or_else(|| PathBuf::from(name))
     }
 
-    fn command(&self, program: &str) -> Command {
+    pub fn command(&self, program: &str) -> Command {
         let mut cmd = Command::new(self.program(program));
         // Both talk to the bench schema without naming it in every statement.
         cmd.env("PGOPTIONS", format!("-c search_path={}", self.schema))

@@ -2,7 +2,7 @@
 //! watched for its peak memory, and stopped with SIGTERM.
 
 use std::fs::File;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -38,57 +38,72 @@ pub async fn migrate(bin: &Path, db_url: &str, schema: &str) -> Result<()> {
 pub struct Server {
     child: Child,
     base_url: String,
+    launch: Launch,
+}
+
+/// How a server is started, kept so that it can be started again on the same port.
+#[derive(Clone)]
+pub struct Launch {
+    pub bin: PathBuf,
+    pub database_url: String,
+    pub schema: String,
+    pub fake_uri: String,
+    /// Settings beyond the bench's own (body limits, timeouts).
+    pub env: Vec<(&'static str, String)>,
 }
 
 impl Server {
     pub async fn start(options: &Options, schema: &str, fake_uri: &str) -> Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .context("finding a free port")?
-            .port();
-        let addr = format!("127.0.0.1:{port}");
-        let log_path = std::env::temp_dir().join(format!("calls-bench-server-{port}.log"));
-        let log =
-            File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
-        let log_err = log.try_clone().context("opening the server log")?;
-        let mut cmd = Command::new(&options.server_bin);
-        cmd.arg("serve")
-            .env("DATABASE_URL", &options.database_url)
-            .env("DATABASE_SCHEMA", schema)
-            .env("BIND_ADDR", &addr)
-            .env("TELEPHONY", "elevenlabs")
-            .env("ELEVENLABS_BASE_URL", fake_uri)
-            .env("ELEVENLABS_API_KEY", "bench-api-key")
-            .env("ELEVENLABS_AGENT_ID", "bench-agent")
-            .env("ELEVENLABS_AGENT_PHONE_NUMBER_ID", "bench-phone-number")
-            .env("WEBHOOK_SECRET", WEBHOOK_SECRET)
-            .env("API_TOKEN", API_TOKEN)
-            // No stale-call sweeps in the middle of a measurement.
-            .env("RECONCILE_INTERVAL_SECS", "0")
-            .env("LOG_FORMAT", "json")
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_err);
+        let mut env = Vec::new();
         if let Some(n) = options.call_concurrency {
-            cmd.env("CALL_CONCURRENCY", n.to_string());
+            env.push(("CALL_CONCURRENCY", n.to_string()));
         }
         let largest = options.drivers.max(2 * options.calls + 1);
         let body = Batch::new(1, largest).body.to_string().len();
         if body > SERVER_DEFAULT_MAX_BODY {
-            cmd.env("MAX_BODY_BYTES", (body * 2).to_string());
+            env.push(("MAX_BODY_BYTES", (body * 2).to_string()));
         }
-        eprintln!(
-            "bench: starting calls-server (release) on {addr} (log: {})",
-            log_path.display()
-        );
-        let child = cmd.spawn().context("starting calls-server")?;
+        let launch = Launch {
+            bin: options.server_bin.clone(),
+            database_url: options.database_url.clone(),
+            schema: schema.to_string(),
+            fake_uri: fake_uri.to_string(),
+            env,
+        };
+        Self::launch(launch, free_port()?).await
+    }
+
+    /// Start `launch` on `port` and wait until it answers /healthz.
+    pub async fn launch(launch: Launch, port: u16) -> Result<Self> {
+        let child = spawn(&launch, port)?;
         let mut server = Server {
             child,
-            base_url: format!("http://{addr}"),
+            base_url: format!("http://127.0.0.1:{port}"),
+            launch,
         };
         server.wait_healthy().await?;
         Ok(server)
+    }
+
+    /// SIGKILL, no goodbye: what a crash or an OOM kill does.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The same server started again on the same port (after `kill9` or `stop`).
+    pub async fn restart(&mut self) -> Result<()> {
+        let port = self.port();
+        self.child = spawn(&self.launch, port)?;
+        self.wait_healthy().await
+    }
+
+    pub fn port(&self) -> u16 {
+        self.base_url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0)
     }
 
     pub fn base_url(&self) -> &str {
@@ -123,10 +138,19 @@ impl Server {
 
     /// The most resident memory the server had at any time (VmHWM), in KiB.
     pub fn peak_rss_kib(&self) -> Option<u64> {
+        self.memory_kib("VmHWM:")
+    }
+
+    /// The resident memory now (VmRSS), in KiB.
+    pub fn rss_kib(&self) -> Option<u64> {
+        self.memory_kib("VmRSS:")
+    }
+
+    fn memory_kib(&self, field: &str) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))?
+            .find_map(|l| l.strip_prefix(field))?
             .trim()
             .trim_end_matches("kB")
             .trim()
@@ -153,6 +177,52 @@ impl Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .context("finding a free port")?
+        .port())
+}
+
+fn spawn(launch: &Launch, port: u16) -> Result<Child> {
+    let addr = format!("127.0.0.1:{port}");
+    let log_path = std::env::temp_dir().join(format!("calls-bench-server-{port}.log"));
+    // Appended: a restarted server keeps the log of the one before.
+    let log = File::options()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("opening {}", log_path.display()))?;
+    let log_err = log.try_clone().context("opening the server log")?;
+    let mut cmd = Command::new(&launch.bin);
+    cmd.arg("serve")
+        .env("DATABASE_URL", &launch.database_url)
+        .env("DATABASE_SCHEMA", &launch.schema)
+        .env("BIND_ADDR", &addr)
+        .env("TELEPHONY", "elevenlabs")
+        .env("ELEVENLABS_BASE_URL", &launch.fake_uri)
+        .env("ELEVENLABS_API_KEY", "bench-api-key")
+        .env("ELEVENLABS_AGENT_ID", "bench-agent")
+        .env("ELEVENLABS_AGENT_PHONE_NUMBER_ID", "bench-phone-number")
+        .env("WEBHOOK_SECRET", WEBHOOK_SECRET)
+        .env("API_TOKEN", API_TOKEN)
+        // No stale-call sweeps in the middle of a measurement.
+        .env("RECONCILE_INTERVAL_SECS", "0")
+        .env("LOG_FORMAT", "json")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log_err);
+    for (name, value) in &launch.env {
+        cmd.env(name, value);
+    }
+    eprintln!(
+        "bench: starting calls-server (release) on {addr} (log: {})",
+        log_path.display()
+    );
+    cmd.spawn().context("starting calls-server")
 }
 
 impl Drop for Server {

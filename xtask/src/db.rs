@@ -73,6 +73,12 @@ pub fn ensure_durable(root: &Path) -> Result<String> {
     ensure_private(root, Kind::Durable)
 }
 
+/// The durable private cluster for `cargo xtask drill`, which restarts it mid-run: a
+/// cluster of its own, so a bench (or another checkout's) is never restarted under it.
+pub fn ensure_drill(root: &Path) -> Result<String> {
+    ensure_private(root, Kind::Drill)
+}
+
 fn user_database_url() -> Option<String> {
     env::var("DATABASE_URL")
         .ok()
@@ -124,7 +130,7 @@ fn down(root: &Path) -> Result<()> {
             "xtask: DATABASE_URL is set; xtask does not manage that server and leaves it running."
         );
     }
-    for kind in [Kind::Test, Kind::Durable] {
+    for kind in [Kind::Test, Kind::Durable, Kind::Drill] {
         stop_private(root, kind)?;
     }
     Ok(())
@@ -168,6 +174,8 @@ fn stop_private(root: &Path, kind: Kind) -> Result<()> {
 enum Kind {
     Test,
     Durable,
+    /// Durable too; `cargo xtask drill` restarts it under load.
+    Drill,
 }
 
 impl Kind {
@@ -175,6 +183,7 @@ impl Kind {
         match self {
             Kind::Test => "private cluster",
             Kind::Durable => "durable bench cluster",
+            Kind::Drill => "durable drill cluster",
         }
     }
 
@@ -183,6 +192,7 @@ impl Kind {
         match self {
             Kind::Test => "xtask-pg",
             Kind::Durable => "xtask-pg-durable",
+            Kind::Drill => "xtask-pg-drill",
         }
     }
 
@@ -191,6 +201,7 @@ impl Kind {
         match self {
             Kind::Test => ("XTASK_PG_PORT", 54329),
             Kind::Durable => ("XTASK_BENCH_PG_PORT", 54330),
+            Kind::Drill => ("XTASK_DRILL_PG_PORT", 54331),
         }
     }
 
@@ -199,7 +210,9 @@ impl Kind {
     fn settings(self) -> &'static str {
         match self {
             Kind::Test => "-c fsync=off -c synchronous_commit=off -c full_page_writes=off",
-            Kind::Durable => "-c fsync=on -c synchronous_commit=on -c full_page_writes=on",
+            Kind::Durable | Kind::Drill => {
+                "-c fsync=on -c synchronous_commit=on -c full_page_writes=on"
+            }
         }
     }
 }
@@ -692,6 +705,9 @@ mod tests {
         assert!(Kind::Test.settings().contains("fsync=off"));
         assert_ne!(Kind::Test.dir(), Kind::Durable.dir());
         assert_ne!(Kind::Test.port_setting(), Kind::Durable.port_setting());
+        assert!(!Kind::Drill.settings().contains("=off"));
+        assert_ne!(Kind::Drill.dir(), Kind::Durable.dir());
+        assert_ne!(Kind::Drill.port_setting(), Kind::Durable.port_setting());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 mod bench;
 mod db;
 mod dev;
+mod drill;
 mod process;
 mod test_cmd;
 
@@ -69,6 +70,9 @@ enum Command {
     /// Webhook and batch-placement figures against pgbench on a durable PostgreSQL (`bench --help`)
     #[command(disable_help_flag = true)]
     Bench(PassThrough),
+    /// Failure drills (PostgreSQL restart, two instances, kill -9, locks, slow clients) on a durable PostgreSQL (`drill --help`)
+    #[command(disable_help_flag = true)]
+    Drill(PassThrough),
 }
 
 fn main() -> ExitCode {
@@ -108,6 +112,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Demo => dev::demo(&root),
         Command::Test { no_demo, args } => test_cmd::test(&root, no_demo, &args),
         Command::Bench(p) => bench::bench(&root, &p.args),
+        Command::Drill(p) => drill::drill(&root, &p.args),
     }
 }
 
@@ -135,6 +140,10 @@ mod tests {
             panic!("bench");
         };
         assert_eq!(p.args, ["--quick", "--calls=8"]);
+        let Ok(Command::Drill(p)) = parse(&["drill", "--only", "2"]) else {
+            panic!("drill");
+        };
+        assert_eq!(p.args, ["--only", "2"]);
     }
 
     #[test]
