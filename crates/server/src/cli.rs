@@ -74,7 +74,7 @@ pub struct DbArgs {
     #[arg(long, env = "DATABASE_STATEMENT_TIMEOUT_MS", default_value_t = 5_000)]
     pub database_statement_timeout_ms: u64,
     /// `lock_timeout` of every pooled connection.
-    #[arg(long, env = "DATABASE_LOCK_TIMEOUT_MS", default_value_t = 2_000)]
+    #[arg(long, env = "DATABASE_LOCK_TIMEOUT_MS", default_value_t = 500)]
     pub database_lock_timeout_ms: u64,
 }
 

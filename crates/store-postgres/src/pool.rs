@@ -94,7 +94,9 @@ impl fmt::Debug for DbConfig {
 pub const DEFAULT_POOL_WAIT: Duration = Duration::from_secs(2);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
-pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(2);
+/// Well under the pool wait: requests stuck behind one locked Call give their connection
+/// back quickly, so they cannot starve requests for other Calls (`cargo xtask drill`, 4).
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_millis(500);
 
 impl DbConfig {
     pub fn new(url: impl Into<String>, schema: SchemaName) -> Self {

@@ -66,7 +66,7 @@ async fn pooled_connections_carry_the_statement_and_lock_timeouts() {
     let defaults = db.strings(SETTINGS).await;
     let configured = strings_on(&pool, SETTINGS).await;
 
-    assert_eq!(defaults, ["5s 2s"], "the defaults");
+    assert_eq!(defaults, ["5s 500ms"], "the defaults");
     assert_eq!(configured, ["1500ms 250ms"]);
 }
 
