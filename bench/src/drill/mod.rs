@@ -219,7 +219,7 @@ fn print(rows: &[Row], options: &Options, settings: &crate::pgbench::Settings, t
     );
     println!(
         "- service: release calls-server with its default settings (DATABASE_POOL_SIZE 10, \
-         DATABASE_POOL_WAIT_MS 2000, DATABASE_LOCK_TIMEOUT_MS 2000, DATABASE_STATEMENT_TIMEOUT_MS 5000, \
+         DATABASE_POOL_WAIT_MS 2000, DATABASE_LOCK_TIMEOUT_MS 500, DATABASE_STATEMENT_TIMEOUT_MS 5000, \
          BODY_READ_TIMEOUT_SECS 10, TRANSCRIPTION_MAX_BODY_BYTES 65536); {} s of load per drill, \
          {} senders retrying every 5xx or unanswered delivery; whole run {:.0} s",
         options.seconds,
