@@ -72,10 +72,6 @@ impl Database {
         }
     }
 
-    pub fn url(&self) -> &str {
-        &self.url
-    }
-
     pub fn with_schema(&self, schema: &str) -> Self {
         Database {
             schema: schema.to_string(),
@@ -105,22 +101,27 @@ impl Database {
         cmd
     }
 
+    /// psql on this database: quiet, unaligned, tuples only, stopping at the first error.
+    pub fn psql_command(&self) -> Command {
+        let mut cmd = self.command("psql");
+        cmd.args([
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            &self.url,
+        ]);
+        cmd
+    }
+
     /// Run SQL with psql; its unaligned output.
     pub async fn psql(&self, sql: &str) -> Result<String> {
         let out = self
-            .command("psql")
-            .args([
-                "-X",
-                "-q",
-                "-A",
-                "-t",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-d",
-                &self.url,
-                "-c",
-                sql,
-            ])
+            .psql_command()
+            .args(["-c", sql])
             .output()
             .await
             .context("starting psql")?;

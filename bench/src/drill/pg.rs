@@ -70,17 +70,7 @@ pub struct RowLock {
 impl RowLock {
     pub async fn hold(db: &Database, call_sid: &str) -> Result<Self> {
         let mut child = db
-            .command("psql")
-            .args([
-                "-X",
-                "-q",
-                "-A",
-                "-t",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-d",
-                db.url(),
-            ])
+            .psql_command()
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()

@@ -19,6 +19,8 @@ pub use call_listing::{
     CallFilter, CallListQuery, CallPage, CallPosition, EmptyTimeRange, InvalidPageLimit, PageLimit,
 };
 pub use call_sid::{CallSid, CallSidError};
+#[cfg(test)]
+pub(crate) use conversation::sample_report;
 pub use conversation::{ConversationReport, EventTurn};
 pub use conversation_id::{ConversationId, ConversationIdError};
 pub use outcome::CallOutcome;

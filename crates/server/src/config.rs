@@ -248,16 +248,21 @@ mod tests {
     // Startup without required settings is tested on the binary itself, with a cleared
     // environment (tests/api/startup.rs), since clap reads the environment here.
 
-    #[test]
-    fn simulated_and_insecure_dev_need_only_the_database() {
-        let settings = parse(&[
+    /// Simulated telephony in insecure dev mode: only the database is required.
+    fn simulated_dev() -> Settings {
+        parse(&[
             "--database-url",
             "postgres://localhost/x",
             "--telephony",
             "simulated",
             "--insecure-dev",
         ])
-        .expect("valid");
+        .expect("valid")
+    }
+
+    #[test]
+    fn simulated_and_insecure_dev_need_only_the_database() {
+        let settings = simulated_dev();
         assert!(settings.insecure_dev);
         assert!(matches!(settings.telephony, TelephonySettings::Simulated));
     }
@@ -326,14 +331,7 @@ mod tests {
 
     #[test]
     fn reconciliation_runs_every_minute_for_calls_older_than_half_an_hour_by_default() {
-        let settings = parse(&[
-            "--database-url",
-            "postgres://localhost/x",
-            "--telephony",
-            "simulated",
-            "--insecure-dev",
-        ])
-        .expect("valid");
+        let settings = simulated_dev();
         assert_eq!(settings.reconcile_interval, Some(Duration::from_secs(60)));
         assert_eq!(settings.reconcile_after, Duration::from_secs(1800));
         assert_eq!(settings.simulation, SimulationSettings::default());

@@ -44,3 +44,23 @@ impl ConversationReport {
         }
     }
 }
+
+/// A finished one-turn conversation for unit tests: started 2024-11-21 10:00:00 UTC,
+/// lasting `duration_secs`, judged a success.
+#[cfg(test)]
+pub(crate) fn sample_report(conversation_id: &str, duration_secs: i64) -> ConversationReport {
+    ConversationReport {
+        start_time: Some(time::macros::datetime!(2024-11-21 10:00:00 UTC)),
+        duration_secs: Some(duration_secs),
+        transcript: vec![EventTurn {
+            speaker: SpeakerType::Agent,
+            message: "Hi".into(),
+            time_in_call_secs: 0,
+        }],
+        outcome: CallOutcome {
+            call_successful: Some("success".into()),
+            ..CallOutcome::default()
+        },
+        ..ConversationReport::bare(ConversationId::parse(conversation_id).expect("conv"))
+    }
+}

@@ -212,7 +212,6 @@ impl ApplyPostCall {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::models::{CallOutcome, EventTurn, SpeakerType};
     use crate::ports::MockCallRepository;
     use time::macros::datetime;
 
@@ -245,18 +244,7 @@ mod tests {
     fn report(call_sid: Option<&str>) -> ConversationReport {
         ConversationReport {
             call_sid: call_sid.map(|s| CallSid::parse(s).expect("sid")),
-            start_time: Some(datetime!(2024-11-21 10:00:00 UTC)),
-            duration_secs: Some(95),
-            transcript: vec![EventTurn {
-                speaker: SpeakerType::Agent,
-                message: "Hi".into(),
-                time_in_call_secs: 0,
-            }],
-            outcome: CallOutcome {
-                call_successful: Some("success".into()),
-                ..CallOutcome::default()
-            },
-            ..ConversationReport::bare(ConversationId::parse("conv_1").expect("conv"))
+            ..crate::models::sample_report("conv_1", 95)
         }
     }
 

@@ -303,7 +303,7 @@ fn apply_error(e: &PostCallError) -> ReconcileResult {
 mod tests {
     use super::*;
     use crate::RepositoryError;
-    use crate::models::{CallOutcome, CallStatus, ConversationReport, EventTurn, SpeakerType};
+    use crate::models::{CallStatus, ConversationReport};
     use crate::ports::{
         CallFinish, Ending, Finished, MockCallRepository, MockTelephony, ReconcilerLease,
         TelephonyError,
@@ -333,20 +333,7 @@ mod tests {
     }
 
     fn report(id: &str) -> ConversationReport {
-        ConversationReport {
-            start_time: Some(datetime!(2024-11-21 10:00:00 UTC)),
-            duration_secs: Some(60),
-            transcript: vec![EventTurn {
-                speaker: SpeakerType::Agent,
-                message: "Hi".into(),
-                time_in_call_secs: 0,
-            }],
-            outcome: CallOutcome {
-                call_successful: Some("success".into()),
-                ..CallOutcome::default()
-            },
-            ..ConversationReport::bare(conv(id))
-        }
+        crate::models::sample_report(id, 60)
     }
 
     /// A repository that grants the lock and lists `calls` as stale.
