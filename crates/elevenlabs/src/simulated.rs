@@ -25,6 +25,12 @@ use crate::signature::{SIGNATURE_HEADER, sign};
 
 /// Numbers ending in this "cannot be reached": lets demos and tests show a failed dial.
 pub const UNREACHABLE_SUFFIX: &str = "0000";
+/// Numbers ending in this are busy on their first attempt (a call_sid without `#n`) and
+/// answer on any later one: demos show a failed attempt and its re-dial.
+pub const BUSY_ONCE_SUFFIX: &str = "0001";
+/// Numbers ending in this never pick up: every attempt ends `no-answer`, so demos show a
+/// recipient using up its re-dials.
+pub const NO_ANSWER_SUFFIX: &str = "0002";
 
 pub const TRANSCRIPTION_PATH: &str = "/webhooks/elevenlabs/transcription";
 pub const POST_CALL_PATH: &str = "/webhooks/elevenlabs/post-call";
@@ -122,6 +128,22 @@ enum Played {
     InProgress,
     /// Over: the post-call event's `data`, which is what the conversation API answers.
     Done(serde_json::Value),
+    /// The driver's phone was busy or did not answer: the call never connected.
+    Failed(&'static str),
+}
+
+/// How a simulated dial ends, decided by the number (and the attempt) alone, so every
+/// instance and every run behaves alike.
+fn failure_for(call: &OutboundCall) -> Option<&'static str> {
+    let number = call.to_number.as_str();
+    let first_attempt = !call.call_sid.as_str().contains('#');
+    if number.ends_with(NO_ANSWER_SUFFIX) {
+        Some("no-answer")
+    } else if number.ends_with(BUSY_ONCE_SUFFIX) && first_attempt {
+        Some("busy")
+    } else {
+        None
+    }
 }
 
 impl Conversations {
@@ -207,9 +229,17 @@ impl Telephony for SimulatedTelephony {
             .set(&conversation.conversation_id, Played::InProgress);
         let shared = Arc::clone(&self.shared);
         let span = tracing::Span::current();
+        let failure = failure_for(call);
         // Detached: like the real platform, the conversation outlives the dial request.
+        // ElevenLabs accepts a dial to a busy phone too, and reports the failure later
+        // with a `call_initiation_failure` event.
         tokio::spawn(tracing::Instrument::instrument(
-            async move { shared.play(conversation).await },
+            async move {
+                match failure {
+                    Some(reason) => shared.fail(conversation, reason).await,
+                    None => shared.play(conversation).await,
+                }
+            },
             span,
         ));
 
@@ -235,6 +265,11 @@ impl Telephony for SimulatedTelephony {
             Some(Played::InProgress) => {
                 return Ok(ConversationState::Pending {
                     status: "in-progress".to_owned(),
+                });
+            }
+            Some(Played::Failed(reason)) => {
+                return Ok(ConversationState::Failed {
+                    reason: (*reason).to_owned(),
                 });
             }
             Some(Played::Done(data)) => data.clone(),
@@ -331,6 +366,33 @@ impl Shared {
         self.conversations
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The phone rang busy or nobody answered: one `call_initiation_failure` event, as
+    /// ElevenLabs sends it, after a short ring.
+    async fn fail(&self, conversation: Conversation, reason: &'static str) {
+        tokio::time::sleep(self.turn_interval).await;
+        tracing::info!(reason, "simulated call not connected");
+        self.conversations()
+            .set(&conversation.conversation_id, Played::Failed(reason));
+        if self.skip_post_call {
+            return;
+        }
+        let event = json!({
+            "type": "call_initiation_failure",
+            "event_timestamp": OffsetDateTime::now_utc().unix_timestamp(),
+            "data": {
+                "agent_id": "simulated-agent",
+                "conversation_id": conversation.conversation_id,
+                "failure_reason": reason,
+                "metadata": {"type": "twilio", "body": {}},
+                "conversation_initiation_client_data": {
+                    "dynamic_variables": {"call_sid": conversation.call_sid},
+                },
+            },
+        });
+        self.deliver(&self.post_call_url, &event, "post-call event")
+            .await;
     }
 
     async fn play(&self, conversation: Conversation) {
@@ -518,6 +580,27 @@ mod tests {
         let plain = script(&BTreeMap::new());
         assert!(plain[0].message.starts_with("Hi, this"));
         assert!(plain[2].message.contains("a safety event"));
+    }
+
+    #[test]
+    fn busy_once_numbers_fail_only_their_first_attempt_and_no_answer_numbers_always() {
+        let call = |number: &str, sid: &str| OutboundCall {
+            call_sid: calls_domain::CallSid::parse(sid).expect("sid"),
+            to_number: calls_domain::models::PhoneNumber::parse(number).expect("phone"),
+            prompt: String::new(),
+            dynamic_variables: BTreeMap::new(),
+        };
+        assert_eq!(failure_for(&call("+15550100001", "EL_1_t")), Some("busy"));
+        assert_eq!(failure_for(&call("+15550100001", "EL_1_t#2")), None);
+        assert_eq!(
+            failure_for(&call("+15550100002", "EL_1_t")),
+            Some("no-answer")
+        );
+        assert_eq!(
+            failure_for(&call("+15550100002", "EL_1_t#3")),
+            Some("no-answer")
+        );
+        assert_eq!(failure_for(&call("+15551234567", "EL_1_t")), None);
     }
 
     #[test]
