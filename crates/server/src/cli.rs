@@ -150,6 +150,39 @@ pub struct ServeArgs {
     /// A Call still in_progress this many seconds after it started is stale.
     #[arg(long, env = "RECONCILE_AFTER_SECS", default_value_t = 1800)]
     pub reconcile_after_secs: u64,
+    /// Time zone of a recipient whose driver and batch name none (IANA name).
+    #[arg(long, env = "DEFAULT_TIME_ZONE", default_value = "UTC")]
+    pub default_time_zone: String,
+    /// Local hours in which drivers may be called when a batch names none, `HH:MM-HH:MM`
+    /// (start inclusive, end exclusive, an end before the start crosses midnight); empty or
+    /// `any`: any time.
+    #[arg(long, env = "CALL_WINDOW", default_value = "")]
+    pub call_window: String,
+    /// Delays before re-dialing a failed attempt when a batch names none, comma-separated
+    /// seconds (empty: no re-dial).
+    #[arg(long, env = "REDIAL_DELAYS_SECS", default_value = "600,1800")]
+    pub redial_delays_secs: String,
+    /// A recipient not reached this many seconds after its first attempt was due is never
+    /// dialed again (`failed`, reason `expired`).
+    #[arg(long, env = "DIAL_EXPIRY_SECS", default_value_t = 86_400,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub dial_expiry_secs: u64,
+    /// How often this instance's dialer looks for due recipients; 0 turns it off (the
+    /// batch-call endpoint still dials its own due drivers).
+    #[arg(long, env = "DIALER_POLL_MS", default_value_t = 1000)]
+    pub dialer_poll_ms: u64,
+    /// The dispatcher system's pre-dial check, asked right before each attempt; unset: no
+    /// check.
+    #[arg(long, env = "PREDIAL_URL")]
+    pub predial_url: Option<String>,
+    /// Bearer token sent to PREDIAL_URL.
+    #[arg(long, env = "PREDIAL_TOKEN", hide_env_values = true)]
+    pub predial_token: Option<String>,
+    /// Timeout of one pre-dial check (then the driver is not dialed, and asked about again
+    /// after 60 s).
+    #[arg(long, env = "PREDIAL_TIMEOUT_MS", default_value_t = 3000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub predial_timeout_ms: u64,
     /// TELEPHONY=simulated: do not deliver this turn's webhook (1-based), so the post-call
     /// reconciliation can be seen restoring it.
     #[arg(long, env = "SIMULATED_DROP_TURN")]
