@@ -11,8 +11,9 @@ use std::fmt;
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpResponse, ResponseError};
-use calls_domain::models::InvalidBatch;
-use calls_domain::service::{PlaceCallsError, PostCallError, RecordTurnError};
+use calls_domain::service::{
+    CreateBatchError, PostCallError, RecordTurnError, StoreFailure,
+};
 use calls_domain::{CallSid, RepositoryError, TurnParseError};
 
 use crate::auth::AuthError;
@@ -251,30 +252,43 @@ impl From<TurnParseError> for ApiError {
     }
 }
 
-impl From<InvalidBatch> for ApiError {
-    fn from(e: InvalidBatch) -> Self {
-        Self::bad_request("Invalid batch request", e.problems.join("; "))
+/// A retried request: attempt 1's call_sid is taken, so nothing was written and nobody
+/// dialed. The seed's wording ("already exists") is kept.
+fn already_exists(detail: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        ErrorKind::Conflict,
+        "Call already exists",
+        format!("call_sid already exists (a retried request?); nothing was written and nobody was dialed: {detail}"),
+    )
+}
+
+impl From<CreateBatchError> for ApiError {
+    fn from(e: CreateBatchError) -> Self {
+        match &e {
+            CreateBatchError::NotBeforeTooFar { driver } => {
+                let field = driver.map_or_else(
+                    || "schedule.notBefore".to_owned(),
+                    |i| format!("drivers[{i}].notBefore"),
+                );
+                Self::bad_request("Invalid batch request", format!("{field}: {e}"))
+            }
+            CreateBatchError::NeverDue { driver } => Self::bad_request(
+                "Invalid batch request",
+                format!("drivers[{driver}]: {e}"),
+            ),
+            CreateBatchError::AlreadyExists(detail) => already_exists(detail),
+            CreateBatchError::Unavailable(_) => Self::db_unavailable(&e),
+            CreateBatchError::Unexpected(_) => Self::internal(&e),
+        }
     }
 }
 
-impl From<PlaceCallsError> for ApiError {
-    fn from(e: PlaceCallsError) -> Self {
+impl From<StoreFailure> for ApiError {
+    fn from(e: StoreFailure) -> Self {
         match &e {
-            PlaceCallsError::AlreadyExists { call_sids } => Self::new(
-                StatusCode::CONFLICT,
-                ErrorKind::Conflict,
-                "Call already exists",
-                format!(
-                    "call_sid already exists (a retried request?); nobody was dialed: {}",
-                    call_sids
-                        .iter()
-                        .map(CallSid::as_str)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            ),
-            PlaceCallsError::Unavailable(_) => Self::db_unavailable(&e),
-            PlaceCallsError::Unexpected(_) => Self::internal(&e),
+            StoreFailure::Unavailable(_) => Self::db_unavailable(&e),
+            StoreFailure::Unexpected(_) => Self::internal(&e),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! registry, passed to whoever records them (no global state), rendered by `GET /metrics`.
 //! Names, labels and meanings are documented in docs/operations.md ("Metrics").
 
+use calls_domain::service::DialOutcome;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -60,6 +61,14 @@ pub struct Metrics {
     pub db_retries: Counter,
     pub calls_reconciled: Family<ResultLabel, Counter>,
     pub reconcile_passes: Family<OutcomeLabel, Counter>,
+    /// Claimed batch attempts by what became of them (see [`Metrics::record_dial`]).
+    pub dial_attempts: Family<ResultLabel, Counter>,
+    /// Pre-dial checks by answer: `eligible`, `not_eligible`, `failed`.
+    pub predial_checks: Family<ResultLabel, Counter>,
+    /// Batch recipients by state, all batches; set from the database when scraped.
+    pub batch_recipients: Family<StateLabel, Gauge>,
+    /// From an attempt's due time to its dial starting (claim, wait for a permit).
+    pub dialer_lag: Histogram,
 }
 
 impl Default for Metrics {
@@ -136,8 +145,39 @@ impl Metrics {
             "Stale-call reconciliation passes: ran, skipped (another instance held the lock), error",
             reconcile_passes.clone(),
         );
+        let dial_attempts = Family::default();
+        registry.register(
+            "dial_attempts",
+            "Claimed batch attempts by result: placed, failed (re-dialable), rejected (not re-dialable), not_dialed (pre-dial check), abandoned (cancelled), store_failed",
+            dial_attempts.clone(),
+        );
+        let predial_checks = Family::default();
+        registry.register(
+            "predial_checks",
+            "Pre-dial checks by result: eligible, not_eligible, failed",
+            predial_checks.clone(),
+        );
+        let batch_recipients = Family::default();
+        registry.register(
+            "batch_recipients",
+            "Batch recipients by state, all batches (read from the database when scraped)",
+            batch_recipients.clone(),
+        );
+        let dialer_lag = Histogram::new([
+            0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
+        ]);
+        registry.register_with_unit(
+            "dialer_lag",
+            "Delay from a batch attempt's due time to its dial starting",
+            Unit::Seconds,
+            dialer_lag.clone(),
+        );
         Self {
             registry,
+            dial_attempts,
+            predial_checks,
+            batch_recipients,
+            dialer_lag,
             http_requests,
             http_request_duration,
             webhook_transcription_outcomes,
@@ -175,6 +215,32 @@ impl Metrics {
 
     pub fn call_reconciled(&self, result: &'static str) {
         self.calls_reconciled
+            .get_or_create(&ResultLabel { result })
+            .inc();
+    }
+
+    /// Counts one claimed attempt by its outcome.
+    pub fn record_dial(&self, outcome: &DialOutcome) {
+        let result = match outcome {
+            DialOutcome::Placed { .. } => "placed",
+            DialOutcome::Failed {
+                redialable: true, ..
+            } => "failed",
+            DialOutcome::Failed {
+                redialable: false,
+                ..
+            } => "rejected",
+            DialOutcome::NotDialed { .. } => "not_dialed",
+            DialOutcome::Abandoned => "abandoned",
+            DialOutcome::StoreFailed { .. } => "store_failed",
+        };
+        self.dial_attempts
+            .get_or_create(&ResultLabel { result })
+            .inc();
+    }
+
+    pub fn predial_check(&self, result: &'static str) {
+        self.predial_checks
             .get_or_create(&ResultLabel { result })
             .inc();
     }

@@ -54,6 +54,10 @@ impl Modify for Security {
         routes::transcription_webhook::receive,
         routes::post_call_webhook::receive,
         routes::batch_calls::place,
+        routes::batches::create,
+        routes::batches::list_batches,
+        routes::batches::get_batch,
+        routes::batches::cancel,
         routes::calls::list_calls,
         routes::calls::get_call,
         routes::calls::get_transcriptions,
@@ -66,7 +70,9 @@ impl Modify for Security {
     components(schemas(
         ErrorBody,
         routes::transcription_webhook::TranscriptionRequest,
-        routes::batch_calls::BatchCallRequest,
+        routes::batch_request::BatchCallRequest,
+        routes::batches::views::BatchViewBody,
+        routes::batches::views::BatchListView,
         routes::batch_calls::BatchCallResponse,
         calls_elevenlabs::PostCallEnvelope,
         routes::post_call_webhook::Ack,
@@ -75,6 +81,7 @@ impl Modify for Security {
     tags(
         (name = "webhooks", description = "Called by ElevenLabs"),
         (name = "calls", description = "Placing and reading calls"),
+        (name = "batches", description = "Durable batches: recipients, attempts, call windows, re-dials, cancel"),
         (name = "operations", description = "Health, readiness, metrics, documentation"),
     )
 )]

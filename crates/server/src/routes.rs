@@ -6,6 +6,8 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use crate::errors::ApiError;
 
 pub mod batch_calls;
+pub mod batch_request;
+pub mod batches;
 pub mod calls;
 pub mod health;
 pub mod metrics;
@@ -36,6 +38,26 @@ pub fn routes() -> Vec<RouteSpec> {
             method: "POST",
             path: "/driver_data/call-elevenlabs",
             make: || web::post().to(batch_calls::place),
+        },
+        RouteSpec {
+            method: "POST",
+            path: "/batches",
+            make: || web::post().to(batches::create),
+        },
+        RouteSpec {
+            method: "GET",
+            path: "/batches",
+            make: || web::get().to(batches::list_batches),
+        },
+        RouteSpec {
+            method: "GET",
+            path: "/batches/{batch_id}",
+            make: || web::get().to(batches::get_batch),
+        },
+        RouteSpec {
+            method: "POST",
+            path: "/batches/{batch_id}/cancel",
+            make: || web::post().to(batches::cancel),
         },
         RouteSpec {
             method: "GET",

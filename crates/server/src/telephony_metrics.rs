@@ -6,7 +6,10 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use calls_domain::ConversationId;
-use calls_domain::ports::{ConversationState, OutboundCall, PlacedCall, Telephony, TelephonyError};
+use calls_domain::ports::{
+    ConversationState, OutboundCall, PlacedCall, PredialAnswer, PredialCheck, PredialRequest,
+    Telephony, TelephonyError,
+};
 
 use crate::metrics::Metrics;
 
@@ -54,5 +57,30 @@ impl Telephony for MeasuredTelephony {
         conversation_id: &ConversationId,
     ) -> Result<ConversationState, TelephonyError> {
         self.inner.fetch_conversation(conversation_id).await
+    }
+}
+
+/// A `PredialCheck` decorator that counts every answer (`predial_checks_total{result}`).
+pub struct MeasuredPredial {
+    inner: Arc<dyn PredialCheck>,
+    metrics: Arc<Metrics>,
+}
+
+impl MeasuredPredial {
+    pub fn new(inner: Arc<dyn PredialCheck>, metrics: Arc<Metrics>) -> Self {
+        Self { inner, metrics }
+    }
+}
+
+#[async_trait]
+impl PredialCheck for MeasuredPredial {
+    async fn check(&self, request: &PredialRequest) -> PredialAnswer {
+        let answer = self.inner.check(request).await;
+        self.metrics.predial_check(match &answer {
+            PredialAnswer::Eligible => "eligible",
+            PredialAnswer::NotEligible { .. } => "not_eligible",
+            PredialAnswer::Failed { .. } => "failed",
+        });
+        answer
     }
 }

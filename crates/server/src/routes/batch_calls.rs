@@ -1,141 +1,27 @@
-//! `POST /driver_data/call-elevenlabs`: the dispatcher's batch of violation calls.
-//!
-//! Wire types: [`BatchCallRequest`] (the seed's BatchCallRequest) and
-//! [`BatchCallResponse`]. Request fields are `Option`s so that serde only checks types;
-//! the domain's `RawBatch::validate` then reports every missing or invalid field at once.
+//! `POST /driver_data/call-elevenlabs`: the dispatcher's batch of violation calls, a
+//! synchronous front of the durable batches (SPEC, end of that section). The batch is
+//! recorded exactly like `POST /batches`; then the drivers whose first attempt is due now
+//! are claimed like the dialer claims them (so each is dialed exactly once, whoever gets
+//! there first) and dialed here, within this instance's `CALL_CONCURRENCY`; the answer
+//! waits for ElevenLabs. Drivers not due now are listed as `scheduled`.
 
-use std::fmt;
+use std::collections::HashMap;
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, web};
-use calls_domain::models::{RawBatch, RawDriver, RawViolation};
-use calls_domain::service::{BatchOutcome, DriverCallResult};
-use serde::de::{self, Deserializer, Visitor};
-use serde::{Deserialize, Serialize};
+use calls_domain::CallStatus;
+use calls_domain::models::{BatchView, Due, RecipientState, RecipientView};
+use calls_domain::service::DialOutcome;
+use serde::Serialize;
+use time::OffsetDateTime;
+use time::serde::rfc3339 as rfc3339_utc;
 
 use crate::auth::ApiToken;
-use crate::body::{BodyLimits, JsonBody, JsonRequest};
+use crate::body::JsonBody;
+use crate::dialer::dial_one;
 use crate::errors::ApiError;
+use crate::routes::batch_request::BatchCallRequest;
 use crate::startup::AppState;
-
-/// The dispatcher's batch (the seed's BatchCallRequest).
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-#[schema(example = json!({"callType": "violation", "timestamp": "2024-11-21T10:00:00Z", "drivers": [{"driverId": 333, "driverName": "Test Driver", "phoneNumber": "+15551234567", "customRules": "", "violations": {"tripId": "trip_123", "violationDetails": [{"type": "temperature", "description": "Temperature out of range"}]}}]}))]
-pub struct BatchCallRequest {
-    #[schema(required = true, nullable = false, min_length = 1)]
-    pub call_type: Option<String>,
-    /// Used as given in `call_sid = EL_{driverId}_{timestamp}`; an integer is used as its
-    /// decimal text. No control characters; spaces are kept (`2024-11-21 10:00:00`).
-    #[schema(required = true, nullable = false, value_type = String, min_length = 1)]
-    pub timestamp: Option<BatchTimestamp>,
-    #[schema(required = true, nullable = false, min_items = 1)]
-    pub drivers: Option<Vec<DriverData>>,
-}
-
-impl JsonRequest for BatchCallRequest {
-    fn limit(limits: &BodyLimits) -> usize {
-        limits.batch
-    }
-}
-
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct DriverData {
-    /// Unique within the batch, ≥ 0.
-    #[schema(required = true, nullable = false, minimum = 0)]
-    pub driver_id: Option<i64>,
-    #[schema(required = true, nullable = false, min_length = 1)]
-    pub driver_name: Option<String>,
-    /// Any format the phone-number library can normalise to E.164 (no `+`: a US number).
-    #[schema(required = true, nullable = false, min_length = 1)]
-    pub phone_number: Option<String>,
-    #[schema(nullable = false)]
-    pub custom_rules: Option<String>,
-    #[schema(required = true, nullable = false)]
-    pub violations: Option<Violations>,
-}
-
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct Violations {
-    #[schema(required = true, nullable = false, min_length = 1)]
-    pub trip_id: Option<String>,
-    #[schema(required = true, nullable = false, min_items = 1)]
-    pub violation_details: Option<Vec<ViolationDetail>>,
-}
-
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-pub struct ViolationDetail {
-    #[serde(rename = "type")]
-    #[schema(required = true, nullable = false, min_length = 1)]
-    pub kind: Option<String>,
-    #[schema(required = true, nullable = false, min_length = 1)]
-    pub description: Option<String>,
-}
-
-/// The batch timestamp: a JSON string, or an integer (unix seconds) taken as its decimal
-/// text, so that both forms give the same call_sid.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BatchTimestamp(pub String);
-
-impl<'de> Deserialize<'de> for BatchTimestamp {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Text;
-        impl Visitor<'_> for Text {
-            type Value = BatchTimestamp;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string or an integer")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(BatchTimestamp(v.to_owned()))
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
-                Ok(BatchTimestamp(v.to_string()))
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
-                Ok(BatchTimestamp(v.to_string()))
-            }
-        }
-        deserializer.deserialize_any(Text)
-    }
-}
-
-impl From<BatchCallRequest> for RawBatch {
-    fn from(request: BatchCallRequest) -> Self {
-        Self {
-            call_type: request.call_type,
-            timestamp: request.timestamp.map(|t| t.0),
-            drivers: request
-                .drivers
-                .map(|drivers| drivers.into_iter().map(RawDriver::from).collect()),
-        }
-    }
-}
-
-impl From<DriverData> for RawDriver {
-    fn from(driver: DriverData) -> Self {
-        let (trip_id, details) = driver
-            .violations
-            .map(|v| (v.trip_id, v.violation_details))
-            .unwrap_or_default();
-        Self {
-            driver_id: driver.driver_id,
-            driver_name: driver.driver_name,
-            phone_number: driver.phone_number,
-            custom_rules: driver.custom_rules,
-            trip_id,
-            violations: details.map(|list| {
-                list.into_iter()
-                    .map(|d| RawViolation {
-                        kind: d.kind,
-                        description: d.description,
-                    })
-                    .collect()
-            }),
-        }
-    }
-}
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct DriverView {
@@ -151,63 +37,67 @@ pub struct DriverView {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CallResultView {
     pub call_sid: String,
+    /// 1 for a driver dialed now.
+    pub attempt: u32,
     pub conversation_id: Option<String>,
     /// The provider's call id (Twilio's `CA…`), when placed.
     #[serde(rename = "callSid")]
     pub provider_call_sid: Option<String>,
-    /// `in_progress` when placed, `failed` otherwise.
+    /// `in_progress` when placed, `failed` when not, `scheduled` when the driver's first
+    /// attempt is not due now (outside the call window, or the pre-dial check said not
+    /// yet).
     pub status: &'static str,
     pub driver: DriverView,
     pub triggers_count: usize,
+    /// When a `scheduled` driver's attempt is due (ISO 8601 UTC); absent otherwise.
+    #[serde(
+        with = "rfc3339_utc::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<String>, nullable = false)]
+    pub scheduled_for: Option<OffsetDateTime>,
     /// Why the call failed (absent when placed); phone numbers masked.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     pub error: Option<String>,
 }
 
-impl From<&DriverCallResult> for CallResultView {
-    fn from(r: &DriverCallResult) -> Self {
-        Self {
-            call_sid: r.driver.call_sid.to_string(),
-            conversation_id: r.conversation_id.as_ref().map(ToString::to_string),
-            provider_call_sid: r.provider_call_id.clone(),
-            status: r.status.as_str(),
-            driver: DriverView {
-                driver_id: r.driver.driver_id,
-                driver_name: r.driver.driver_name.clone(),
-                phone_number: r.driver.phone_number.to_string(),
-            },
-            triggers_count: r.driver.violations.len(),
-            error: r.error.clone(),
-        }
-    }
+/// What happened to one driver in this request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dialed {
+    Placed,
+    Failed,
+    /// Not dialed now.
+    Later,
 }
 
 /// Per-driver results in request order; with exactly one driver the top level repeats that
 /// call's `call_sid`, `conversation_id`, `callSid`, `driver` and `triggers_count`. A 502
 /// body also carries the error envelope's `status`, `message` and `details`.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-#[schema(example = json!({"message": "Initiated 1 of 1 calls", "timestamp": "2024-11-21T10:00:00Z", "call_sid": "EL_333_2024-11-21T10:00:00Z", "conversation_id": "conv_abc123", "callSid": "CA0123456789abcdef0123456789abcdef", "driver": {"driverId": 333, "driverName": "Test Driver", "phoneNumber": "+15551234567"}, "triggers_count": 1, "calls": [{"call_sid": "EL_333_2024-11-21T10:00:00Z", "conversation_id": "conv_abc123", "callSid": "CA0123456789abcdef0123456789abcdef", "status": "in_progress", "driver": {"driverId": 333, "driverName": "Test Driver", "phoneNumber": "+15551234567"}, "triggers_count": 1}]}))]
+#[schema(example = json!({"message": "Initiated 1 of 1 calls", "timestamp": "2024-11-21T10:00:00Z", "batch_id": "0193a4c2-7b1e-7d3a-9f00-1c2d3e4f5a6b", "call_sid": "EL_333_2024-11-21T10:00:00Z", "conversation_id": "conv_abc123", "callSid": "CA0123456789abcdef0123456789abcdef", "driver": {"driverId": 333, "driverName": "Test Driver", "phoneNumber": "+15551234567"}, "triggers_count": 1, "calls": [{"call_sid": "EL_333_2024-11-21T10:00:00Z", "attempt": 1, "conversation_id": "conv_abc123", "callSid": "CA0123456789abcdef0123456789abcdef", "status": "in_progress", "driver": {"driverId": 333, "driverName": "Test Driver", "phoneNumber": "+15551234567"}, "triggers_count": 1}]}))]
 pub struct BatchCallResponse {
-    /// `error` when every call failed (502); absent otherwise.
+    /// `error` when every call dialed now failed (502); absent otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     pub status: Option<&'static str>,
     pub message: String,
-    /// The first failure's reason when every call failed (502); absent otherwise.
+    /// The first failure's reason when every call dialed now failed (502); absent otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     pub details: Option<String>,
     pub timestamp: String,
+    /// The batch this request was recorded as (`GET /batches/{batch_id}`).
+    pub batch_id: String,
     /// With exactly one driver: that call's call_sid (the seed's shape).
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     pub call_sid: Option<String>,
-    /// With exactly one driver: that call's conversation_id (`null` when it failed).
+    /// With exactly one driver: that call's conversation_id (`null` unless placed).
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>)]
     pub conversation_id: Option<Option<String>>,
-    /// With exactly one driver: the provider's call id (`null` when it failed).
+    /// With exactly one driver: the provider's call id (`null` unless placed).
     #[serde(rename = "callSid", skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>)]
     pub provider_call_sid: Option<Option<String>>,
@@ -223,10 +113,23 @@ pub struct BatchCallResponse {
 }
 
 impl BatchCallResponse {
-    fn new(timestamp: &str, outcome: &BatchOutcome) -> (StatusCode, Self) {
-        let calls: Vec<CallResultView> = outcome.results.iter().map(CallResultView::from).collect();
-        let (placed, total) = (outcome.placed(), outcome.results.len());
-        let status = if placed == total {
+    /// The status counts the drivers dialed now: all placed 200, some failed 207, all
+    /// failed 502, none dialed now 202.
+    fn new(
+        timestamp: &str,
+        batch_id: String,
+        results: Vec<(Dialed, CallResultView)>,
+    ) -> (StatusCode, Self) {
+        let count = |kind| results.iter().filter(|(d, _)| *d == kind).count();
+        let (placed, failed, later) = (
+            count(Dialed::Placed),
+            count(Dialed::Failed),
+            count(Dialed::Later),
+        );
+        let dialed = placed + failed;
+        let status = if dialed == 0 {
+            StatusCode::ACCEPTED
+        } else if failed == 0 {
             StatusCode::OK
         } else if placed == 0 {
             StatusCode::BAD_GATEWAY
@@ -234,25 +137,31 @@ impl BatchCallResponse {
             StatusCode::MULTI_STATUS
         };
         let all_failed = status == StatusCode::BAD_GATEWAY;
+        let details = all_failed.then(|| {
+            results
+                .iter()
+                .find_map(|(_, c)| c.error.clone())
+                .unwrap_or_default()
+        });
+        let calls: Vec<CallResultView> = results.into_iter().map(|(_, c)| c).collect();
         let single = match calls.as_slice() {
             [only] => Some(only),
             _ => None,
         };
+        let mut message = if all_failed {
+            format!("All {dialed} calls failed")
+        } else {
+            format!("Initiated {placed} of {dialed} calls")
+        };
+        if later > 0 {
+            message.push_str(&format!("; {later} scheduled for later"));
+        }
         let body = Self {
             status: all_failed.then_some("error"),
-            message: if all_failed {
-                format!("All {total} calls failed")
-            } else {
-                format!("Initiated {placed} of {total} calls")
-            },
-            details: all_failed.then(|| {
-                outcome
-                    .results
-                    .iter()
-                    .find_map(|r| r.error.clone())
-                    .unwrap_or_default()
-            }),
+            message,
+            details,
             timestamp: timestamp.to_owned(),
+            batch_id,
             call_sid: single.map(|c| c.call_sid.clone()),
             conversation_id: single.map(|c| c.conversation_id.clone()),
             provider_call_sid: single.map(|c| c.provider_call_sid.clone()),
@@ -264,25 +173,28 @@ impl BatchCallResponse {
     }
 }
 
-/// Place one call per driver: the Call is written before ElevenLabs is asked to dial.
+/// Record the batch, dial the drivers due now (the Call is written before ElevenLabs is
+/// asked to dial), wait for the answers.
 ///
-/// The whole batch is validated first; drivers are dialed concurrently (`CALL_CONCURRENCY`).
+/// The whole batch is validated first; drivers are dialed concurrently, within this
+/// instance's `CALL_CONCURRENCY` (shared with the dialer).
 #[utoipa::path(
     post,
     path = "/driver_data/call-elevenlabs",
     tag = "calls",
     request_body(content = BatchCallRequest, content_type = "application/json"),
     responses(
-        (status = 200, description = "Every call placed", body = BatchCallResponse),
-        (status = 207, description = "Some calls failed (see each call's status and error)", body = BatchCallResponse),
+        (status = 200, description = "Every call dialed now was placed", body = BatchCallResponse),
+        (status = 202, description = "No driver was due now: all are scheduled (see scheduled_for)", body = BatchCallResponse),
+        (status = 207, description = "Some calls failed (see each call's status and error); failed first attempts are re-dialed later", body = BatchCallResponse),
         (status = 400, description = "Invalid batch (every problem listed) or malformed JSON; nothing written, nobody dialed", body = crate::openapi::ErrorBody),
         (status = 401, description = "Missing or invalid API token; the body is not read", body = crate::openapi::ErrorBody),
         (status = 408, description = "The body did not arrive within the body read timeout", body = crate::openapi::ErrorBody),
-        (status = 409, description = "A call_sid exists already (a retried request); nobody dialed", body = crate::openapi::ErrorBody),
+        (status = 409, description = "A call_sid exists already (a retried request); nothing written, nobody dialed", body = crate::openapi::ErrorBody),
         (status = 413, description = "Body larger than MAX_BODY_BYTES", body = crate::openapi::ErrorBody),
         (status = 415, description = "Not application/json", body = crate::openapi::ErrorBody),
         (status = 500, description = "Database unavailable, or busy past its timeouts", body = crate::openapi::ErrorBody),
-        (status = 502, description = "Every call failed; the Calls exist as failed", body = BatchCallResponse),
+        (status = 502, description = "Every call dialed now failed; the Calls exist as failed", body = BatchCallResponse),
     ),
     security(("api_token" = []))
 )]
@@ -292,8 +204,163 @@ pub async fn place(
     body: JsonBody<BatchCallRequest>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let batch = RawBatch::from(body.0).validate()?;
-    let outcome = state.place_calls.execute(&batch).await?;
-    let (status, response) = BatchCallResponse::new(&batch.timestamp, &outcome);
+    let now = OffsetDateTime::now_utc();
+    let batch = body.0.into_batch(now)?;
+    let created = state.create_batch.execute(&batch, now).await?;
+    let batch_id = created.batch_id;
+    let limit = u32::try_from(created.drivers.len()).unwrap_or(u32::MAX);
+    let claims = state
+        .dialer
+        .claim_batch(&batch_id, OffsetDateTime::now_utc(), limit)
+        .await?;
+    // Each dial runs in a task of its own, so a client that hangs up cannot cut a dial
+    // short between its Call and its answer.
+    let tasks: Vec<_> = claims
+        .into_iter()
+        .map(|claim| {
+            let state = state.clone();
+            let driver_id = claim.driver.driver_id;
+            let provider_ids = tokio::spawn(async move {
+                let permit = state.dial_permits.clone().acquire_owned().await;
+                match permit {
+                    Ok(permit) => {
+                        dial_one(&state.dialer, &state.metrics, claim, permit).await
+                    }
+                    // The semaphore is never closed; should it be, the claim is released
+                    // by the dialer's sweep and nobody was dialed.
+                    Err(_) => DialOutcome::StoreFailed {
+                        reason: "shutting down".to_owned(),
+                    },
+                }
+            });
+            (driver_id, provider_ids)
+        })
+        .collect();
+    let mut outcomes = HashMap::with_capacity(tasks.len());
+    for (driver_id, task) in tasks {
+        match task.await {
+            Ok(outcome) => {
+                outcomes.insert(driver_id, outcome);
+            }
+            Err(e) => tracing::error!(error = %e, driver_id, "dial task failed"),
+        }
+    }
+    // Drivers not dialed here are read back: scheduled for later (or, rarely, taken by a
+    // dialer between our create and our claim).
+    let current = if outcomes.len() < created.drivers.len() {
+        state.read_batches.get(&batch_id).await?.unwrap_or(created)
+    } else {
+        created
+    };
+    let results = results(&batch, &current, &outcomes);
+    let (status, response) =
+        BatchCallResponse::new(batch.timestamp(), batch_id.to_string(), results);
     Ok(HttpResponse::build(status).json(response))
+}
+
+/// One entry per driver, in request order.
+fn results(
+    batch: &calls_domain::models::Batch,
+    view: &BatchView,
+    outcomes: &HashMap<i64, DialOutcome>,
+) -> Vec<(Dialed, CallResultView)> {
+    batch
+        .drivers()
+        .iter()
+        .filter_map(|driver| {
+            let recipient = view.drivers.iter().find(|r| r.driver_id == driver.driver_id)?;
+            let mut entry = CallResultView {
+                call_sid: first_call_sid(recipient, batch.timestamp(), driver.driver_id),
+                attempt: 1,
+                conversation_id: None,
+                provider_call_sid: None,
+                status: CallStatus::Failed.as_str(),
+                driver: DriverView {
+                    driver_id: driver.driver_id,
+                    driver_name: driver.driver_name.clone(),
+                    phone_number: driver.phone_number.to_string(),
+                },
+                triggers_count: driver.violations.len(),
+                scheduled_for: None,
+                error: None,
+            };
+            let dialed = match outcomes.get(&driver.driver_id) {
+                Some(outcome) => apply(&mut entry, outcome),
+                None => from_view(&mut entry, recipient),
+            };
+            Some((dialed, entry))
+        })
+        .collect()
+}
+
+fn first_call_sid(recipient: &RecipientView, timestamp: &str, driver_id: i64) -> String {
+    recipient
+        .attempts
+        .first()
+        .map(|a| a.call_sid.to_string())
+        .unwrap_or_else(|| format!("EL_{driver_id}_{timestamp}"))
+}
+
+fn apply(entry: &mut CallResultView, outcome: &DialOutcome) -> Dialed {
+    match outcome {
+        DialOutcome::Placed {
+            conversation_id,
+            provider_call_id,
+        } => {
+            entry.status = CallStatus::InProgress.as_str();
+            entry.conversation_id = Some(conversation_id.to_string());
+            entry.provider_call_sid = provider_call_id.clone();
+            Dialed::Placed
+        }
+        DialOutcome::Failed { reason, .. } => {
+            entry.error = Some(reason.clone());
+            Dialed::Failed
+        }
+        DialOutcome::NotDialed { next, .. } => match next {
+            Due::At(at) => {
+                entry.status = "scheduled";
+                entry.scheduled_for = Some(*at);
+                Dialed::Later
+            }
+            Due::Expired => {
+                entry.error = Some(calls_domain::models::EXPIRED.to_owned());
+                Dialed::Later
+            }
+        },
+        DialOutcome::Abandoned => {
+            entry.error = Some("the batch was cancelled before this driver was dialed".into());
+            Dialed::Later
+        }
+        DialOutcome::StoreFailed { reason } => {
+            entry.error = Some(reason.clone());
+            Dialed::Failed
+        }
+    }
+}
+
+/// A driver this request did not dial, as the batch view shows it now.
+fn from_view(entry: &mut CallResultView, recipient: &RecipientView) -> Dialed {
+    if recipient.state == RecipientState::Scheduled {
+        entry.status = "scheduled";
+        entry.scheduled_for = recipient.next_attempt_at;
+        return Dialed::Later;
+    }
+    // Another instance's dialer got there first: report its attempt as it stands.
+    match recipient.attempts.first() {
+        Some(attempt) => {
+            entry.status = attempt.status.as_str();
+            entry.error = attempt.failure_reason.clone();
+            if attempt.status == CallStatus::Failed {
+                Dialed::Failed
+            } else {
+                Dialed::Placed
+            }
+        }
+        None => {
+            entry.status = "scheduled";
+            entry.scheduled_for = recipient.next_attempt_at;
+            entry.error = recipient.failure_reason.clone();
+            Dialed::Later
+        }
+    }
 }

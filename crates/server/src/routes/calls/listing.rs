@@ -185,7 +185,7 @@ fn parse_driver_id(raw: &str) -> Result<i64, ApiError> {
     })
 }
 
-fn parse_limit(raw: &str) -> Result<PageLimit, ApiError> {
+pub(crate) fn parse_limit(raw: &str) -> Result<PageLimit, ApiError> {
     let details = || {
         format!(
             "limit must be an integer from {} to {}; got {raw:?}",
