@@ -157,6 +157,13 @@ impl ReconcileStale {
         }
     }
 
+    /// Also settles the batch recipient of every attempt it ends (see
+    /// [`ApplyPostCall::with_batches`]): a re-dialable failure is re-dialed by the rule.
+    pub fn with_batches(mut self, batches: Arc<dyn crate::ports::BatchRepository>) -> Self {
+        self.post_call = self.post_call.with_batches(batches);
+        self
+    }
+
     /// Runs one pass over the Calls `in_progress` for longer than `older_than`, unless
     /// another instance is running one.
     ///
