@@ -87,9 +87,8 @@ impl HttpPredialCheck {
             .token
             .as_ref()
             .map(|token| {
-                let mut value =
-                    HeaderValue::from_str(&format!("Bearer {}", token.expose_secret()))
-                        .map_err(|_| PredialBuildError::InvalidToken)?;
+                let mut value = HeaderValue::from_str(&format!("Bearer {}", token.expose_secret()))
+                    .map_err(|_| PredialBuildError::InvalidToken)?;
                 value.set_sensitive(true);
                 Ok(value)
             })
@@ -186,9 +185,10 @@ fn parse_answer(status: StatusCode, bytes: &[u8]) -> Result<PredialAnswer, Strin
         Some(serde_json::Value::Bool(false)) => {
             let retry_after = match object.get("retry_after_secs") {
                 None => DEFAULT_RETRY_AFTER,
-                Some(v) => v.as_u64().map(Duration::from_secs).ok_or_else(|| {
-                    "retry_after_secs is not a non-negative integer".to_owned()
-                })?,
+                Some(v) => v
+                    .as_u64()
+                    .map(Duration::from_secs)
+                    .ok_or_else(|| "retry_after_secs is not a non-negative integer".to_owned())?,
             };
             Ok(PredialAnswer::NotEligible { retry_after })
         }
@@ -208,7 +208,17 @@ impl fmt::Display for ErrorChain<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let e = self.0;
         // `without_url` needs ownership; the URL is left out by printing the kind only.
-        write!(f, "{}", if e.is_body() { "reading the answer" } else if e.is_request() { "sending the request" } else { "transport" })?;
+        write!(
+            f,
+            "{}",
+            if e.is_body() {
+                "reading the answer"
+            } else if e.is_request() {
+                "sending the request"
+            } else {
+                "transport"
+            }
+        )?;
         let mut source = std::error::Error::source(e);
         while let Some(cause) = source {
             write!(f, ": {cause}")?;

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use calls_domain::ports::{PredialAnswer, PredialCheck, PredialRequest};
 use calls_domain::models::{BatchId, CallSid, PhoneNumber};
+use calls_domain::ports::{PredialAnswer, PredialCheck, PredialRequest};
 use calls_predial::{DEFAULT_RETRY_AFTER, HttpPredialCheck, PredialConfig};
 use secrecy::SecretString;
 use serde_json::json;
@@ -156,7 +156,10 @@ async fn a_slow_answer_fails_closed_at_the_timeout() {
     let answer = check(&server, None, Duration::from_millis(200))
         .check(&request())
         .await;
-    assert!(started.elapsed() < Duration::from_secs(2), "cut at the timeout");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "cut at the timeout"
+    );
     let detail = failed_detail(answer);
     assert!(detail.contains("200 ms"), "{detail}");
 }
