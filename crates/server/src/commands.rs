@@ -15,6 +15,7 @@ use crate::cli::{BackfillArgs, MigrateArgs, ReconcileArgs, ToolConfigArgs};
 use crate::config::{Settings, database_only};
 use crate::metrics::Metrics;
 use crate::startup::build_telephony;
+use crate::unwired::PgBatchRepository;
 
 pub async fn run_migrate(args: &MigrateArgs) -> anyhow::Result<()> {
     let config = database_only(&args.db)?;
@@ -105,9 +106,12 @@ pub async fn run_reconcile(args: &ReconcileArgs) -> anyhow::Result<()> {
         .older_than
         .map_or(settings.reconcile_after, Duration::from_secs);
     let pool = build_pool(&settings.database).context("building the database pool")?;
-    let repository = Arc::new(PgCallRepository::new(pool, RetryPolicy::default()));
+    let repository = Arc::new(PgCallRepository::new(pool.clone(), RetryPolicy::default()));
+    // A batch attempt it ends settles its recipient (re-dialed by the rule), as in `serve`.
+    let batches = Arc::new(PgBatchRepository::new(pool, RetryPolicy::default()));
     let telephony = build_telephony(&settings)?;
-    let reconciler = ReconcileStale::new(repository, telephony, ReconcileSettings::default());
+    let reconciler = ReconcileStale::new(repository, telephony, ReconcileSettings::default())
+        .with_batches(batches);
     let outcome = crate::reconcile::run_pass(&reconciler, &Metrics::new(), older_than)
         .await
         .context("reconciling stale calls")?;

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use calls_domain::models::{BatchDefaults, CallWindow, RedialDelays, TimeZone};
 use calls_store_postgres::{DbConfig, SchemaName};
 
 use crate::body::BodyLimits;
@@ -70,6 +71,21 @@ pub struct Settings {
     /// Age at which an `in_progress` Call is stale.
     pub reconcile_after: Duration,
     pub simulation: SimulationSettings,
+    /// What a batch leaves out (`DEFAULT_TIME_ZONE`, `CALL_WINDOW`, `REDIAL_DELAYS_SECS`,
+    /// `DIAL_EXPIRY_SECS`).
+    pub batch_defaults: BatchDefaults,
+    /// `DIALER_POLL_MS`; `None` (0): this instance's dialer is off.
+    pub dialer_poll: Option<Duration>,
+    /// `PREDIAL_URL` and friends; `None`: no pre-dial check.
+    pub predial: Option<PredialSettings>,
+}
+
+/// The dispatcher system's pre-dial check.
+#[derive(Debug, Clone)]
+pub struct PredialSettings {
+    pub url: String,
+    pub token: Option<Secret>,
+    pub timeout: Duration,
 }
 
 /// How `TELEPHONY=simulated` misbehaves on purpose (demos); ignored otherwise.
@@ -195,6 +211,7 @@ impl Settings {
                 reason: "must be at least 1".into(),
             });
         }
+        let batch_defaults = batch_defaults(args)?;
         let Some(database) = database.filter(|_| missing.is_empty()) else {
             return Err(ConfigError::Missing(missing));
         };
@@ -228,8 +245,54 @@ impl Settings {
                 drop_turn: args.simulated_drop_turn.filter(|n| *n > 0),
                 skip_post_call: args.simulated_skip_post_call,
             },
+            batch_defaults,
+            dialer_poll: (args.dialer_poll_ms > 0)
+                .then(|| Duration::from_millis(args.dialer_poll_ms)),
+            predial: non_empty(args.predial_url.as_ref()).map(|url| PredialSettings {
+                url,
+                token: non_empty(args.predial_token.as_ref()).map(Secret::new),
+                timeout: Duration::from_millis(args.predial_timeout_ms),
+            }),
         })
     }
+}
+
+fn invalid(name: &'static str, reason: impl ToString) -> ConfigError {
+    ConfigError::Invalid {
+        name,
+        reason: reason.to_string(),
+    }
+}
+
+/// The instance's batch defaults; each bad value is refused naming its variable.
+fn batch_defaults(args: &ServeArgs) -> Result<BatchDefaults, ConfigError> {
+    let time_zone = TimeZone::parse(args.default_time_zone.trim())
+        .map_err(|e| invalid("DEFAULT_TIME_ZONE", e))?;
+    let window = match args.call_window.trim() {
+        "" => CallWindow::Any,
+        value => CallWindow::parse(value).map_err(|e| invalid("CALL_WINDOW", e))?,
+    };
+    let delays = args
+        .redial_delays_secs
+        .split(',')
+        .map(str::trim)
+        .filter(|part| !part.is_empty())
+        .map(|part| {
+            part.parse::<u64>().map_err(|_| {
+                invalid(
+                    "REDIAL_DELAYS_SECS",
+                    format!("{part:?} is not a whole number of seconds (e.g. 600,1800)"),
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let redial_delays = RedialDelays::new(delays).map_err(|e| invalid("REDIAL_DELAYS_SECS", e))?;
+    Ok(BatchDefaults {
+        time_zone,
+        window,
+        redial_delays,
+        expiry: Duration::from_secs(args.dial_expiry_secs),
+    })
 }
 
 #[cfg(test)]
@@ -367,6 +430,108 @@ mod tests {
         .expect("cli parses");
         assert!(Settings::from_args(&cli.serve).is_err());
         assert!(Settings::for_command(&cli.serve).is_ok());
+    }
+
+    #[test]
+    fn batch_settings_default_to_the_documented_values() {
+        let settings = simulated_dev();
+        assert_eq!(settings.batch_defaults, BatchDefaults::default());
+        assert_eq!(settings.batch_defaults.time_zone.name(), "UTC");
+        assert_eq!(settings.batch_defaults.window, CallWindow::Any);
+        assert_eq!(
+            settings.batch_defaults.redial_delays.as_secs(),
+            &[600, 1800]
+        );
+        assert_eq!(settings.batch_defaults.expiry, Duration::from_secs(86_400));
+        assert_eq!(settings.dialer_poll, Some(Duration::from_millis(1000)));
+        assert!(settings.predial.is_none());
+    }
+
+    #[test]
+    fn batch_settings_are_read_and_the_predial_token_stays_secret() {
+        let settings = parse(&[
+            "--database-url",
+            "postgres://localhost/x",
+            "--telephony",
+            "simulated",
+            "--insecure-dev",
+            "--default-time-zone",
+            "America/Chicago",
+            "--call-window",
+            "08:00-20:00",
+            "--redial-delays-secs",
+            " 60, 120 ,",
+            "--dial-expiry-secs",
+            "3600",
+            "--dialer-poll-ms",
+            "0",
+            "--predial-url",
+            "http://dispatch.example/predial",
+            "--predial-token",
+            "predial_topsecret",
+            "--predial-timeout-ms",
+            "500",
+        ])
+        .expect("valid");
+        let d = &settings.batch_defaults;
+        assert_eq!(d.time_zone.name(), "America/Chicago");
+        assert_eq!(d.window.to_string(), "08:00-20:00");
+        assert_eq!(d.redial_delays.as_secs(), &[60, 120]);
+        assert_eq!(d.expiry, Duration::from_secs(3600));
+        assert_eq!(settings.dialer_poll, None, "0 turns the dialer off");
+        let predial = settings.predial.as_ref().expect("predial on");
+        assert_eq!(predial.timeout, Duration::from_millis(500));
+        assert!(!format!("{settings:?}").contains("topsecret"));
+        let none = parse(&[
+            "--database-url",
+            "postgres://localhost/x",
+            "--telephony",
+            "simulated",
+            "--insecure-dev",
+            "--redial-delays-secs",
+            "",
+            "--call-window",
+            "any",
+        ])
+        .expect("valid");
+        assert!(none.batch_defaults.redial_delays.as_secs().is_empty());
+        assert_eq!(none.batch_defaults.window, CallWindow::Any);
+    }
+
+    #[test]
+    fn bad_batch_settings_stop_startup_naming_the_variable() {
+        for (flag, value, name) in [
+            ("--default-time-zone", "Mars/Olympus", "DEFAULT_TIME_ZONE"),
+            ("--call-window", "08:00-08:00", "CALL_WINDOW"),
+            ("--call-window", "8-20", "CALL_WINDOW"),
+            ("--redial-delays-secs", "600,soon", "REDIAL_DELAYS_SECS"),
+            ("--redial-delays-secs", "604801", "REDIAL_DELAYS_SECS"),
+            (
+                "--redial-delays-secs",
+                "1,1,1,1,1,1,1,1,1,1,1",
+                "REDIAL_DELAYS_SECS",
+            ),
+        ] {
+            let err = parse(&[
+                "--database-url",
+                "postgres://localhost/x",
+                "--telephony",
+                "simulated",
+                "--insecure-dev",
+                flag,
+                value,
+            ])
+            .expect_err(value);
+            assert!(err.to_string().contains(name), "{name} in {err}");
+        }
+        for (flag, name) in [
+            ("--dial-expiry-secs", "DIAL_EXPIRY_SECS"),
+            ("--predial-timeout-ms", "PREDIAL_TIMEOUT_MS"),
+        ] {
+            let err = crate::cli::Cli::try_parse_from(["calls-server", flag, "0"])
+                .expect_err("0 refused");
+            assert!(err.to_string().contains(name), "{name} in {err}");
+        }
     }
 
     #[test]

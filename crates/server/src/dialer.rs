@@ -109,7 +109,10 @@ async fn run(
             }
         }
     }
-    tracing::info!(in_flight = in_flight.len(), "dialer stopping; waiting for dials in flight");
+    tracing::info!(
+        in_flight = in_flight.len(),
+        "dialer stopping; waiting for dials in flight"
+    );
     let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
         while in_flight.join_next().await.is_some() {}
     })
@@ -157,9 +160,7 @@ pub async fn dial_one(
     permit: OwnedSemaphorePermit,
 ) -> DialOutcome {
     let lag = OffsetDateTime::now_utc() - claim.due_at;
-    metrics
-        .dialer_lag
-        .observe(lag.as_seconds_f64().max(0.0));
+    metrics.dialer_lag.observe(lag.as_seconds_f64().max(0.0));
     let outcome = dialer.dial(&claim).await;
     drop(permit);
     metrics.record_dial(&outcome);

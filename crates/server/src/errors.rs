@@ -11,9 +11,7 @@ use std::fmt;
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpResponse, ResponseError};
-use calls_domain::service::{
-    CreateBatchError, PostCallError, RecordTurnError, StoreFailure,
-};
+use calls_domain::service::{CreateBatchError, RecordTurnError, StoreFailure};
 use calls_domain::{CallSid, RepositoryError, TurnParseError};
 
 use crate::auth::AuthError;
@@ -259,7 +257,9 @@ fn already_exists(detail: &str) -> ApiError {
         StatusCode::CONFLICT,
         ErrorKind::Conflict,
         "Call already exists",
-        format!("call_sid already exists (a retried request?); nothing was written and nobody was dialed: {detail}"),
+        format!(
+            "call_sid already exists (a retried request?); nothing was written and nobody was dialed: {detail}"
+        ),
     )
 }
 
@@ -273,10 +273,9 @@ impl From<CreateBatchError> for ApiError {
                 );
                 Self::bad_request("Invalid batch request", format!("{field}: {e}"))
             }
-            CreateBatchError::NeverDue { driver } => Self::bad_request(
-                "Invalid batch request",
-                format!("drivers[{driver}]: {e}"),
-            ),
+            CreateBatchError::NeverDue { driver } => {
+                Self::bad_request("Invalid batch request", format!("drivers[{driver}]: {e}"))
+            }
             CreateBatchError::AlreadyExists(detail) => already_exists(detail),
             CreateBatchError::Unavailable(_) => Self::db_unavailable(&e),
             CreateBatchError::Unexpected(_) => Self::internal(&e),
@@ -284,20 +283,12 @@ impl From<CreateBatchError> for ApiError {
     }
 }
 
+/// Also `PostCallError`, an alias of it.
 impl From<StoreFailure> for ApiError {
     fn from(e: StoreFailure) -> Self {
         match &e {
             StoreFailure::Unavailable(_) => Self::db_unavailable(&e),
             StoreFailure::Unexpected(_) => Self::internal(&e),
-        }
-    }
-}
-
-impl From<PostCallError> for ApiError {
-    fn from(e: PostCallError) -> Self {
-        match &e {
-            PostCallError::Unavailable(_) => Self::db_unavailable(&e),
-            PostCallError::Unexpected(_) => Self::internal(&e),
         }
     }
 }

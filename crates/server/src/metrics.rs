@@ -227,8 +227,7 @@ impl Metrics {
                 redialable: true, ..
             } => "failed",
             DialOutcome::Failed {
-                redialable: false,
-                ..
+                redialable: false, ..
             } => "rejected",
             DialOutcome::NotDialed { .. } => "not_dialed",
             DialOutcome::Abandoned => "abandoned",

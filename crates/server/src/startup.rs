@@ -11,21 +11,26 @@ use actix_service::{ServiceFactoryExt, fn_service, map_config};
 use actix_web::dev::{AppConfig, Server};
 use actix_web::{App, middleware, web};
 use anyhow::Context;
+use calls_domain::ports::{BatchRepository, PredialCheck};
 use calls_domain::service::{
-    ApplyPostCall, CallContext, PlaceCalls, ReconcileSettings, ReconcileStale, RecordTurn,
+    ApplyPostCall, CallContext, CancelBatch, CreateBatch, Dialer, ReadBatches, ReconcileSettings,
+    ReconcileStale, RecordTurn,
 };
 use calls_domain::{CallRepository, Telephony};
 use calls_elevenlabs::{
     ElevenLabsConfig, ElevenLabsTelephony, SimulatedConfig, SimulatedTelephony,
 };
+use calls_predial::{HttpPredialCheck, PredialConfig};
 use calls_store_postgres::{DbPool, PgCallRepository, RetryCounter, RetryPolicy, build_pool};
+
+use crate::unwired::PgBatchRepository;
 use tokio::net::TcpStream;
 
-use crate::config::{Settings, TelephonySettings};
+use crate::config::{PredialSettings, Settings, TelephonySettings};
 use crate::metrics::Metrics;
 use crate::middleware::request_context;
 use crate::routes;
-use crate::telephony_metrics::MeasuredTelephony;
+use crate::telephony_metrics::{MeasuredPredial, MeasuredTelephony};
 use crate::transport::{self, EnvelopeIo};
 
 /// Shared by every request.
@@ -34,14 +39,29 @@ pub struct AppState {
     pub repository: Arc<dyn CallRepository>,
     pub telephony: Arc<dyn Telephony>,
     pub record_turn: RecordTurn,
-    pub place_calls: PlaceCalls,
     pub post_call: ApplyPostCall,
+    pub batches: Arc<dyn BatchRepository>,
+    pub create_batch: CreateBatch,
+    pub read_batches: ReadBatches,
+    pub cancel_batch: CancelBatch,
+    pub dialer: Arc<Dialer>,
+    /// Outbound-call requests in flight on this instance (`CALL_CONCURRENCY`), shared by
+    /// the dialer and the batch-call endpoint.
+    pub dial_permits: Arc<tokio::sync::Semaphore>,
     pub reconcile_stale: Arc<ReconcileStale>,
     pub metrics: Arc<Metrics>,
     /// For pool gauges; `None` when the repository is not PostgreSQL (tests with mocks).
     pub pool: Option<DbPool>,
     /// The PostgreSQL repository's retries, for `db_retries_total`.
     pub db_retries: Option<RetryCounter>,
+}
+
+/// The ports the application runs on.
+pub struct Adapters {
+    pub repository: Arc<dyn CallRepository>,
+    pub batches: Arc<dyn BatchRepository>,
+    pub telephony: Arc<dyn Telephony>,
+    pub predial: Option<Arc<dyn PredialCheck>>,
 }
 
 pub struct Application {
@@ -86,22 +106,57 @@ pub fn build_telephony(settings: &Settings) -> anyhow::Result<Arc<dyn Telephony>
     })
 }
 
+/// The pre-dial check, when `PREDIAL_URL` is set.
+pub fn build_predial(settings: &Settings) -> anyhow::Result<Option<Arc<dyn PredialCheck>>> {
+    let Some(PredialSettings {
+        url,
+        token,
+        timeout,
+    }) = &settings.predial
+    else {
+        return Ok(None);
+    };
+    let check = HttpPredialCheck::new(PredialConfig {
+        url: url.clone(),
+        token: token.as_ref().map(|t| t.expose().to_owned().into()),
+        timeout: *timeout,
+    })
+    .context("building the pre-dial check")?;
+    Ok(Some(Arc::new(check)))
+}
+
 impl Application {
-    /// Builds the PostgreSQL repository and the configured telephony, binds the listener.
+    /// Builds the PostgreSQL repositories and the configured telephony, binds the listener.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let pool = build_pool(&settings.database).context("building the database pool")?;
-        let pg = PgCallRepository::new(pool, RetryPolicy::default());
+        let pg = PgCallRepository::new(pool.clone(), RetryPolicy::default());
+        let batches = Arc::new(PgBatchRepository::new(pool, RetryPolicy::default()));
         let telephony = build_telephony(&settings)?;
-        Self::build_with(settings, Arc::new(pg.clone()), telephony, Some(&pg))
+        let predial = build_predial(&settings)?;
+        Self::build_with(
+            settings,
+            Adapters {
+                repository: Arc::new(pg.clone()),
+                batches,
+                telephony,
+                predial,
+            },
+            Some(&pg),
+        )
     }
 
     /// Builds on given adapters (tests).
     pub fn build_with(
         settings: Settings,
-        repository: Arc<dyn CallRepository>,
-        telephony: Arc<dyn Telephony>,
+        adapters: Adapters,
         pg: Option<&PgCallRepository>,
     ) -> anyhow::Result<Self> {
+        let Adapters {
+            repository,
+            batches,
+            telephony,
+            predial,
+        } = adapters;
         let listener = TcpListener::bind(settings.bind_addr)
             .with_context(|| format!("binding {}", settings.bind_addr))?;
         let port = listener.local_addr()?.port();
@@ -118,20 +173,30 @@ impl Application {
             dispatcher_name: settings.dispatcher_name.clone(),
             transfer_to_number: settings.transfer_to_number.clone(),
         };
+        let predial: Option<Arc<dyn PredialCheck>> = predial
+            .map(|p| Arc::new(MeasuredPredial::new(p, metrics.clone())) as Arc<dyn PredialCheck>);
         let state = web::Data::new(AppState {
             record_turn: RecordTurn::new(repository.clone(), settings.conversation_wait),
-            place_calls: PlaceCalls::new(
-                repository.clone(),
-                telephony.clone(),
-                context,
-                settings.call_concurrency,
+            post_call: ApplyPostCall::new(repository.clone()).with_batches(batches.clone()),
+            reconcile_stale: Arc::new(
+                ReconcileStale::new(
+                    repository.clone(),
+                    telephony.clone(),
+                    ReconcileSettings::default(),
+                )
+                .with_batches(batches.clone()),
             ),
-            post_call: ApplyPostCall::new(repository.clone()),
-            reconcile_stale: Arc::new(ReconcileStale::new(
-                repository.clone(),
+            create_batch: CreateBatch::new(batches.clone(), settings.batch_defaults.clone()),
+            read_batches: ReadBatches::new(batches.clone()),
+            cancel_batch: CancelBatch::new(batches.clone()),
+            dialer: Arc::new(Dialer::new(
+                batches.clone(),
                 telephony.clone(),
-                ReconcileSettings::default(),
+                predial,
+                context,
             )),
+            dial_permits: Arc::new(tokio::sync::Semaphore::new(settings.call_concurrency)),
+            batches,
             settings: settings.clone(),
             repository,
             telephony,
@@ -158,8 +223,17 @@ impl Application {
     /// Serves until SIGTERM/SIGINT, then finishes in-flight requests (up to 30 s). The
     /// stale-call timer (when configured) runs meanwhile and stops with the server; a pass
     /// cut short leaves nothing half-done (each Call is finished in one transaction, and
-    /// the lock goes with its connection).
+    /// the lock goes with its connection). The dialer (unless `DIALER_POLL_MS=0`) stops
+    /// claiming with the server and lets the dials in flight finish (up to 30 s).
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let dialer = self.state.settings.dialer_poll.map(|poll| {
+            crate::dialer::spawn(
+                self.state.dialer.clone(),
+                self.state.dial_permits.clone(),
+                poll,
+                self.state.metrics.clone(),
+            )
+        });
         let timer = self.state.settings.reconcile_interval.map(|interval| {
             crate::reconcile::spawn_timer(
                 self.state.reconcile_stale.clone(),
@@ -171,6 +245,9 @@ impl Application {
         let result = self.server.await;
         if let Some(timer) = timer {
             timer.abort();
+        }
+        if let Some(dialer) = dialer {
+            dialer.stop().await;
         }
         result
     }

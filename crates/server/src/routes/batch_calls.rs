@@ -50,10 +50,7 @@ pub struct CallResultView {
     pub driver: DriverView,
     pub triggers_count: usize,
     /// When a `scheduled` driver's attempt is due (ISO 8601 UTC); absent otherwise.
-    #[serde(
-        with = "rfc3339_utc::option",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(with = "rfc3339_utc::option", skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>, nullable = false)]
     pub scheduled_for: Option<OffsetDateTime>,
     /// Why the call failed (absent when placed); phone numbers masked.
@@ -223,9 +220,7 @@ pub async fn place(
             let provider_ids = tokio::spawn(async move {
                 let permit = state.dial_permits.clone().acquire_owned().await;
                 match permit {
-                    Ok(permit) => {
-                        dial_one(&state.dialer, &state.metrics, claim, permit).await
-                    }
+                    Ok(permit) => dial_one(&state.dialer, &state.metrics, claim, permit).await,
                     // The semaphore is never closed; should it be, the claim is released
                     // by the dialer's sweep and nobody was dialed.
                     Err(_) => DialOutcome::StoreFailed {
@@ -268,7 +263,10 @@ fn results(
         .drivers()
         .iter()
         .filter_map(|driver| {
-            let recipient = view.drivers.iter().find(|r| r.driver_id == driver.driver_id)?;
+            let recipient = view
+                .drivers
+                .iter()
+                .find(|r| r.driver_id == driver.driver_id)?;
             let mut entry = CallResultView {
                 call_sid: first_call_sid(recipient, batch.timestamp(), driver.driver_id),
                 attempt: 1,

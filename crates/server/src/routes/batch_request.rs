@@ -221,7 +221,8 @@ impl BatchCallRequest {
     pub fn into_batch(self, now: OffsetDateTime) -> Result<Batch, InvalidBatch> {
         let mut problems = Problems::default();
         let call_type = problems.required(self.call_type.as_deref(), "callType");
-        let timestamp = problems.required(self.timestamp.as_ref().map(|t| t.0.as_str()), "timestamp");
+        let timestamp =
+            problems.required(self.timestamp.as_ref().map(|t| t.0.as_str()), "timestamp");
         let raw_drivers = self.drivers.unwrap_or_default();
         if raw_drivers.is_empty() {
             problems.push("drivers", "at least one driver is required");
@@ -234,7 +235,10 @@ impl BatchCallRequest {
             let driver_id = match raw.driver_id {
                 Some(id) if id >= 0 => {
                     if !seen.insert(id) {
-                        problems.push(&at("driverId"), format!("driver {id} appears more than once"));
+                        problems.push(
+                            &at("driverId"),
+                            format!("driver {id} appears more than once"),
+                        );
                     }
                     id
                 }
@@ -318,7 +322,9 @@ impl BatchCallRequest {
         Batch::new(call_type, timestamp, drivers, schedule).map_err(|e| {
             let problem = match &e {
                 BatchError::NoDrivers => format!("drivers: {e}"),
-                BatchError::DuplicateDriver { index, .. } => format!("drivers[{index}].driverId: {e}"),
+                BatchError::DuplicateDriver { index, .. } => {
+                    format!("drivers[{index}].driverId: {e}")
+                }
                 BatchError::CallSid(_) => format!("timestamp: {e}"),
             };
             InvalidBatch {
@@ -342,7 +348,10 @@ fn schedule(raw: ScheduleData, problems: &mut Problems, now: OffsetDateTime) -> 
             Err(_) => {
                 problems.push(
                     "schedule.redialDelaysSecs",
-                    format!("each delay must be between 0 and {} seconds", RedialDelays::MAX_SECS),
+                    format!(
+                        "each delay must be between 0 and {} seconds",
+                        RedialDelays::MAX_SECS
+                    ),
                 );
                 None
             }
@@ -408,15 +417,29 @@ mod tests {
 
     #[test]
     fn no_drivers_duplicates_and_bad_phones_are_all_reported_with_paths() {
-        assert_eq!(problems(body(vec![])), ["drivers: at least one driver is required"]);
+        assert_eq!(
+            problems(body(vec![])),
+            ["drivers: at least one driver is required"]
+        );
         let found = problems(body(vec![
             driver(1, "+15551234567"),
             driver(1, "+15557654321"),
             driver(2, "call me"),
         ]));
-        assert!(found.contains(&"drivers[1].driverId: driver 1 appears more than once".to_owned()), "{found:?}");
-        assert!(found.iter().any(|p| p.starts_with("drivers[2].phoneNumber: ")), "{found:?}");
-        assert!(!found.join(";").contains("call me"), "phone numbers are masked: {found:?}");
+        assert!(
+            found.contains(&"drivers[1].driverId: driver 1 appears more than once".to_owned()),
+            "{found:?}"
+        );
+        assert!(
+            found
+                .iter()
+                .any(|p| p.starts_with("drivers[2].phoneNumber: ")),
+            "{found:?}"
+        );
+        assert!(
+            !found.join(";").contains("call me"),
+            "phone numbers are masked: {found:?}"
+        );
     }
 
     #[test]
@@ -485,12 +508,27 @@ mod tests {
         b["schedule"] = json!({"timeZone": "Europe/Berlin", "window": "20:00-06:00", "notBefore": "2024-11-22T00:00:00Z", "redialDelaysSecs": []});
         let batch = parse(b).expect("valid");
         let d = &batch.drivers()[0];
-        assert_eq!(d.time_zone.as_ref().map(TimeZone::name), Some("America/Chicago"));
-        assert_eq!(d.not_before, Some(time::macros::datetime!(2024-11-21 22:00 UTC)));
+        assert_eq!(
+            d.time_zone.as_ref().map(TimeZone::name),
+            Some("America/Chicago")
+        );
+        assert_eq!(
+            d.not_before,
+            Some(time::macros::datetime!(2024-11-21 22:00 UTC))
+        );
         let s = batch.schedule();
-        assert_eq!(s.time_zone.as_ref().map(TimeZone::name), Some("Europe/Berlin"));
-        assert_eq!(s.window.map(|w| w.to_string()), Some("20:00-06:00".to_owned()));
-        assert_eq!(s.redial_delays.as_ref().map(RedialDelays::as_secs), Some(&[][..]));
+        assert_eq!(
+            s.time_zone.as_ref().map(TimeZone::name),
+            Some("Europe/Berlin")
+        );
+        assert_eq!(
+            s.window.map(|w| w.to_string()),
+            Some("20:00-06:00".to_owned())
+        );
+        assert_eq!(
+            s.redial_delays.as_ref().map(RedialDelays::as_secs),
+            Some(&[][..])
+        );
         let any = parse(json!({"callType": "v", "timestamp": "t", "drivers": [driver(1, "+15551234567")], "schedule": {"window": "any"}})).expect("valid");
         assert_eq!(any.schedule().window, Some(CallWindow::Any));
     }
@@ -517,16 +555,19 @@ mod tests {
             assert!(found.contains(field), "{field} in {found}");
         }
         for (window, delays) in [
-            (json!("08:00-08:00"), json!([1])),
+            (json!("08:00-08:00"), json!([-5])),
             (json!(""), json!([604_801])),
-            (json!("24:00-06:00"), json!([0; 11])),
+            (json!("24:00-06:00"), json!(vec![0; 11])),
         ] {
             let mut b = body(vec![driver(1, "+15551234567")]);
             b["schedule"] = json!({"window": window, "redialDelaysSecs": delays});
             let found = problems(b);
             assert_eq!(found.len(), 2, "{found:?}");
             assert!(found[0].starts_with("schedule.window: "), "{found:?}");
-            assert!(found[1].starts_with("schedule.redialDelaysSecs: "), "{found:?}");
+            assert!(
+                found[1].starts_with("schedule.redialDelaysSecs: "),
+                "{found:?}"
+            );
         }
     }
 }

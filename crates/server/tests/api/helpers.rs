@@ -2,6 +2,7 @@ use std::net::SocketAddr;
 use std::sync::LazyLock;
 use std::time::Duration;
 
+use calls_domain::models::BatchDefaults;
 use calls_domain::{CallRepository, CallSid, ConversationId, NewCall};
 use calls_server::body::{BodyLimits, DEFAULT_BODY_READ_TIMEOUT};
 use calls_server::config::{Secret, Settings, SimulationSettings, TelephonySettings};
@@ -56,6 +57,10 @@ pub fn settings_for(database: DbConfig, elevenlabs_uri: &str) -> Settings {
         reconcile_interval: None,
         reconcile_after: Duration::from_secs(1800),
         simulation: SimulationSettings::default(),
+        batch_defaults: BatchDefaults::default(),
+        // Batch tests turn the dialer on (short polls); elsewhere it would only add noise.
+        dialer_poll: None,
+        predial: None,
     }
 }
 

@@ -101,12 +101,25 @@ mod tests {
         let next = parse(&format!("cursor={cursor}")).expect("valid");
         assert_eq!(next.after, Some(at));
         assert_eq!(next.limit.get(), 7);
-        assert_eq!(parse(&format!("cursor={cursor}&limit=3")).expect("valid").limit.get(), 3);
+        assert_eq!(
+            parse(&format!("cursor={cursor}&limit=3"))
+                .expect("valid")
+                .limit
+                .get(),
+            3
+        );
     }
 
     #[test]
     fn bad_parameters_are_refused() {
-        for bad in ["limit=0", "limit=501", "limit=x", "cursor=abc", "cursor=", "status=done"] {
+        for bad in [
+            "limit=0",
+            "limit=501",
+            "limit=x",
+            "cursor=abc",
+            "cursor=",
+            "status=done",
+        ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
         assert_eq!(parse("").expect("valid").limit, PageLimit::default());
