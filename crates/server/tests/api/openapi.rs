@@ -50,6 +50,8 @@ async fn openapi_json_is_served_with_schemas_examples_and_security() {
         "TranscriptionRequest",
         "TranscriptionSaved",
         "BatchCallRequest",
+        "BatchViewBody",
+        "BatchListView",
         "CallView",
         "TranscriptView",
     ] {
@@ -62,7 +64,7 @@ async fn openapi_json_is_served_with_schemas_examples_and_security() {
 #[test]
 fn the_document_lists_every_status_each_route_returns() {
     let doc = serde_json::to_value(calls_server::openapi::ApiDoc::openapi()).expect("json");
-    let expected: [(&str, &str, &[&str]); 10] = [
+    let expected: [(&str, &str, &[&str]); 14] = [
         (
             "post",
             "/webhooks/elevenlabs/transcription",
@@ -77,8 +79,20 @@ fn the_document_lists_every_status_each_route_returns() {
             "post",
             "/driver_data/call-elevenlabs",
             &[
-                "200", "207", "400", "401", "408", "409", "413", "415", "500", "502",
+                "200", "202", "207", "400", "401", "408", "409", "413", "415", "500", "502",
             ],
+        ),
+        (
+            "post",
+            "/batches",
+            &["202", "400", "401", "408", "409", "413", "415", "500"],
+        ),
+        ("get", "/batches", &["200", "400", "401", "500"]),
+        ("get", "/batches/{batch_id}", &["200", "401", "404", "500"]),
+        (
+            "post",
+            "/batches/{batch_id}/cancel",
+            &["200", "401", "404", "500"],
         ),
         ("get", "/calls/{call_sid}", &["200", "401", "404", "500"]),
         (
