@@ -16,4 +16,3 @@ pub mod routes;
 pub mod startup;
 pub mod telemetry;
 pub mod telephony_metrics;
-pub mod transport;
