@@ -199,6 +199,11 @@ async fn bodies_over_each_endpoints_limit_are_413_before_they_are_read() {
 
         let message = response.envelope(413);
         assert_eq!(message, "Request body too large", "{route}");
+        assert_eq!(
+            response.header("content-type"),
+            Some("application/json"),
+            "{route}"
+        );
         assert!(response.took < Duration::from_millis(500), "{route}");
     }
 }
