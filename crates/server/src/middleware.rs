@@ -16,7 +16,7 @@ use tracing::Instrument;
 
 use crate::errors::ErrorEnvelope;
 use crate::metrics::{HttpLabels, RouteLabels};
-use crate::startup::AppState;
+use crate::state::AppState;
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 

@@ -442,7 +442,7 @@ fn long_post_call_event(minutes: u64) -> Value {
 async fn a_one_hour_calls_post_call_event_fits_the_default_limit() {
     let app = spawn_app().await;
     let body = serde_json::to_vec(&long_post_call_event(60)).expect("json");
-    let limit = calls_server::body::BodyLimits::default().post_call;
+    let limit = calls_server::config::BodyLimits::default().post_call;
     eprintln!(
         "one-hour post-call event: {} bytes (limit {limit})",
         body.len()
