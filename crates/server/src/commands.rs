@@ -7,15 +7,14 @@ use std::time::Duration;
 use anyhow::Context;
 use calls_domain::service::{PassOutcome, ReconcileSettings, ReconcileStale};
 use calls_store_postgres::{
-    BackfillOptions, MigrateCommand, PgCallRepository, RetryPolicy, backfill_call_sids, build_pool,
-    migrate, migration_status,
+    BackfillOptions, MigrateCommand, PgBatchRepository, PgCallRepository, RetryPolicy,
+    backfill_call_sids, build_pool, migrate, migration_status,
 };
 
 use crate::cli::{BackfillArgs, MigrateArgs, ReconcileArgs, ToolConfigArgs};
 use crate::config::{Settings, database_only};
 use crate::metrics::Metrics;
 use crate::startup::build_telephony;
-use crate::unwired::PgBatchRepository;
 
 pub async fn run_migrate(args: &MigrateArgs) -> anyhow::Result<()> {
     let config = database_only(&args.db)?;

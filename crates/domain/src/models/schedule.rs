@@ -365,3 +365,317 @@ fn to_timestamp(at: OffsetDateTime) -> jiff::Timestamp {
 fn from_timestamp(ts: jiff::Timestamp) -> Option<OffsetDateTime> {
     OffsetDateTime::from_unix_timestamp_nanos(ts.as_nanosecond()).ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use time::macros::datetime;
+
+    fn chicago() -> TimeZone {
+        TimeZone::parse("America/Chicago").expect("zone")
+    }
+
+    fn window(s: &str) -> CallWindow {
+        CallWindow::parse(s).expect("window")
+    }
+
+    #[test]
+    fn spring_forward_a_window_starting_in_the_gap_opens_at_the_first_instant_after_it() {
+        // 2024-03-10 02:00 CST → 03:00 CDT. Midnight CST is 06:00 UTC.
+        let at = datetime!(2024-03-10 06:00 UTC);
+        let due = next_in_window(at, &chicago(), &window("02:30-05:00"));
+        assert_eq!(due, Some(datetime!(2024-03-10 08:00 UTC)), "03:00 CDT");
+    }
+
+    #[test]
+    fn fall_back_a_window_opens_at_the_first_local_occurrence_of_its_start() {
+        // 2024-11-03 02:00 CDT → 01:00 CST. Midnight CDT is 05:00 UTC.
+        let at = datetime!(2024-11-03 05:00 UTC);
+        let w = window("01:30-03:00");
+        assert_eq!(
+            next_in_window(at, &chicago(), &w),
+            Some(datetime!(2024-11-03 06:30 UTC)),
+            "01:30 CDT"
+        );
+        // Inside during the first 01:30–02:00 (CDT) …
+        let inside = datetime!(2024-11-03 06:45 UTC);
+        assert_eq!(next_in_window(inside, &chicago(), &w), Some(inside));
+        // … outside during the repeated 01:00–01:30 (CST), which reopens at 01:30 CST.
+        assert_eq!(
+            next_in_window(datetime!(2024-11-03 07:10 UTC), &chicago(), &w),
+            Some(datetime!(2024-11-03 07:30 UTC))
+        );
+    }
+
+    #[test]
+    fn a_fall_back_jump_into_a_midnight_crossing_window_opens_it_at_the_transition() {
+        // 01:45 CDT is outside 22:00-01:30; at 02:00 CDT the clock reads 01:00 CST: inside.
+        let due = next_in_window(
+            datetime!(2024-11-03 06:45 UTC),
+            &chicago(),
+            &window("22:00-01:30"),
+        );
+        assert_eq!(due, Some(datetime!(2024-11-03 07:00 UTC)));
+    }
+
+    #[test]
+    fn a_window_wholly_inside_the_gap_opens_the_next_day() {
+        let due = next_in_window(
+            datetime!(2024-03-10 06:00 UTC),
+            &chicago(),
+            &window("02:00-02:30"),
+        );
+        assert_eq!(
+            due,
+            Some(datetime!(2024-03-11 07:00 UTC)),
+            "02:00 CDT on the 11th"
+        );
+    }
+
+    #[test]
+    fn windows_crossing_midnight_wrap() {
+        let w = window("20:00-06:00");
+        let tz = chicago();
+        // 2024-06-01 12:00 CDT = 17:00 UTC → 20:00 CDT = 01:00 UTC next day.
+        assert_eq!(
+            next_in_window(datetime!(2024-06-01 17:00 UTC), &tz, &w),
+            Some(datetime!(2024-06-02 01:00 UTC))
+        );
+        for inside in [
+            datetime!(2024-06-02 04:00 UTC),    // 23:00 CDT
+            datetime!(2024-06-02 10:59:59 UTC), // 05:59:59 CDT
+        ] {
+            assert_eq!(next_in_window(inside, &tz, &w), Some(inside));
+        }
+        // 06:00 is the exclusive end: the window reopens at 20:00 that day.
+        assert_eq!(
+            next_in_window(datetime!(2024-06-02 11:00 UTC), &tz, &w),
+            Some(datetime!(2024-06-03 01:00 UTC))
+        );
+    }
+
+    #[test]
+    fn any_is_now_and_utc_is_plain() {
+        let at = datetime!(2024-06-01 03:17:12.5 UTC);
+        assert_eq!(next_in_window(at, &chicago(), &CallWindow::Any), Some(at));
+        assert_eq!(
+            next_in_window(at, &TimeZone::utc(), &window("09:00-17:00")),
+            Some(datetime!(2024-06-01 09:00 UTC))
+        );
+    }
+
+    #[test]
+    fn instants_are_rounded_up_to_whole_microseconds() {
+        let at = datetime!(2024-06-01 12:00:00.000_000_001 UTC);
+        assert_eq!(
+            next_in_window(at, &TimeZone::utc(), &CallWindow::Any),
+            Some(datetime!(2024-06-01 12:00:00.000_001 UTC))
+        );
+    }
+
+    #[test]
+    fn first_due_waits_for_every_not_before() {
+        let now = datetime!(2024-06-01 12:00 UTC);
+        let later = datetime!(2024-06-02 15:00 UTC);
+        assert_eq!(
+            first_due(
+                now,
+                &[None, Some(later)],
+                &TimeZone::utc(),
+                &CallWindow::Any
+            ),
+            Some(later)
+        );
+        assert_eq!(
+            first_due(
+                now,
+                &[Some(datetime!(2024-01-01 0:00 UTC)), None],
+                &TimeZone::utc(),
+                &window("13:00-14:00")
+            ),
+            Some(datetime!(2024-06-01 13:00 UTC))
+        );
+    }
+
+    fn rules(delays: Vec<u64>, expires_at: OffsetDateTime) -> DialRules {
+        DialRules {
+            time_zone: chicago(),
+            window: window("08:00-20:00"),
+            redial_delays: RedialDelays::new(delays).expect("delays"),
+            expires_at,
+        }
+    }
+
+    #[test]
+    fn redials_follow_the_delays_then_stop_and_respect_window_and_expiry() {
+        let failed = datetime!(2024-06-01 15:00 UTC); // 10:00 CDT
+        let r = rules(vec![600, 36_000], datetime!(2024-06-02 15:00 UTC));
+        assert_eq!(
+            r.redial(1, failed),
+            Some(Due::At(datetime!(2024-06-01 15:10 UTC)))
+        );
+        // 10:00 + 10 h = 20:00 CDT, the exclusive end: next morning 08:00 CDT.
+        assert_eq!(
+            r.redial(2, failed),
+            Some(Due::At(datetime!(2024-06-02 13:00 UTC)))
+        );
+        assert_eq!(r.redial(3, failed), None, "no attempt remains");
+        let short = rules(vec![36_000], datetime!(2024-06-02 13:00 UTC));
+        assert_eq!(short.redial(1, failed), Some(Due::Expired), "due at expiry");
+        assert_eq!(RedialDelays::new(vec![]).expect("none").max_attempts(), 1);
+    }
+
+    #[test]
+    fn windows_parse_strictly() {
+        assert_eq!(CallWindow::parse("any"), Ok(CallWindow::Any));
+        assert_eq!(window("20:00-06:00").to_string(), "20:00-06:00");
+        assert_eq!(window("00:00-23:59").to_string(), "00:00-23:59");
+        assert_eq!(
+            CallWindow::parse("20:00-20:00"),
+            Err(InvalidCallWindow::Empty)
+        );
+        for bad in [
+            "",
+            "ANY",
+            "any ",
+            "24:00-01:00",
+            "2:00-03:00",
+            "20:00 - 06:00",
+            "20:00",
+            "20:60-21:00",
+            "-1:00-02:00",
+            "20:00-06:00-07:00",
+            "ab:cd-01:00",
+            "+1:00-02:00",
+        ] {
+            assert_eq!(
+                CallWindow::parse(bad),
+                Err(InvalidCallWindow::Malformed),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn time_zones_are_iana_names_only() {
+        assert_eq!(chicago().name(), "America/Chicago");
+        assert_eq!(TimeZone::parse("UTC").expect("utc").name(), "UTC");
+        for bad in [
+            "",
+            "Mars/Phobos",
+            "+05:00",
+            "EST5EDT,M3.2.0,M11.1.0",
+            "America/Chicago\0",
+        ] {
+            assert!(TimeZone::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn delays_are_bounded() {
+        assert!(RedialDelays::new(vec![0; 10]).is_ok());
+        assert_eq!(
+            RedialDelays::new(vec![0; 11]),
+            Err(InvalidRedialDelays::TooMany(11))
+        );
+        assert!(RedialDelays::new(vec![604_800]).is_ok());
+        assert_eq!(
+            RedialDelays::new(vec![1, 604_801]),
+            Err(InvalidRedialDelays::OutOfRange(604_801))
+        );
+    }
+
+    const ZONES: &[&str] = &[
+        "America/Chicago",
+        "America/New_York",
+        "America/Santiago",
+        "Europe/London",
+        "Europe/Berlin",
+        "Australia/Sydney",
+        "Australia/Lord_Howe",
+        "Pacific/Chatham",
+        "Asia/Kolkata",
+        "UTC",
+    ];
+
+    /// Some window start/end (distinct minutes of the day), or any.
+    fn any_window() -> impl Strategy<Value = CallWindow> {
+        prop_oneof![
+            1 => Just(CallWindow::Any),
+            9 => (0u16..1440, 1u16..1440).prop_map(|(s, len)| {
+                let e = (s + len) % 1440;
+                let wt = |m: u16| WallTime::new((m / 60) as u8, (m % 60) as u8).expect("minute");
+                CallWindow::Between { start: wt(s), end: wt(e) }
+            }),
+        ]
+    }
+
+    /// An instant near one of the zone's transitions (±6 h) in 2020–2030, or anywhere.
+    fn instant_for(tz: TimeZone) -> impl Strategy<Value = OffsetDateTime> {
+        let base = 1_577_836_800i64; // 2020-01-01
+        let span = 10 * 365 * 86_400i64;
+        (
+            0..span,
+            -21_600i64..21_600,
+            0u32..1_000_000_000,
+            any::<bool>(),
+        )
+            .prop_map(move |(offset, near, nanos, snap)| {
+                let mut secs = base + offset;
+                if snap {
+                    let ts = jiff::Timestamp::from_second(secs).expect("ts");
+                    if let Some(t) = tz.tz.following(ts).next() {
+                        secs = t.timestamp().as_second() + near;
+                    }
+                }
+                OffsetDateTime::from_unix_timestamp(secs).expect("instant")
+                    + time::Duration::nanoseconds(i64::from(nanos))
+            })
+    }
+
+    fn zone_instant_window() -> impl Strategy<Value = (TimeZone, OffsetDateTime, CallWindow)> {
+        proptest::sample::select(ZONES).prop_flat_map(|name| {
+            let tz = TimeZone::parse(name).expect("zone");
+            (Just(tz.clone()), instant_for(tz), any_window())
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// The answer is inside the window, not before `at`, and the earliest such instant:
+        /// window edges and transitions fall on whole minutes, so checking `at` and every
+        /// whole minute before the answer covers every place the window could open.
+        #[test]
+        fn the_due_time_is_the_earliest_instant_inside_the_window((tz, at, w) in zone_instant_window()) {
+            let due = next_in_window(at, &tz, &w).expect("a due time");
+            prop_assert!(due >= at);
+            prop_assert!(due - at < time::Duration::days(8), "{due} for {at}");
+            // The rule works in whole microseconds, PostgreSQL's precision.
+            let at = ceil_micros(at).expect("in range");
+            prop_assert!(w.contains(tz.local(due).time()), "{due} local {}", tz.local(due));
+            if due > at {
+                prop_assert!(!w.contains(tz.local(at).time()));
+                let mut minute = at.replace_second(0).expect("s").replace_nanosecond(0).expect("ns")
+                    + time::Duration::MINUTE;
+                while minute < due {
+                    prop_assert!(!w.contains(tz.local(minute).time()), "{minute} is inside, before {due}");
+                    minute += time::Duration::MINUTE;
+                }
+            }
+        }
+
+        /// Asking again from the answer gives the answer (a stored due time stays due).
+        #[test]
+        fn the_due_time_is_a_fixed_point((tz, at, w) in zone_instant_window()) {
+            let due = next_in_window(at, &tz, &w).expect("a due time");
+            prop_assert_eq!(next_in_window(due, &tz, &w), Some(due));
+        }
+
+        #[test]
+        fn windows_round_trip_through_their_text(w in any_window()) {
+            prop_assert_eq!(CallWindow::parse(&w.to_string()), Ok(w));
+        }
+    }
+}

@@ -21,7 +21,7 @@ use crate::body::JsonBody;
 use crate::dialer::dial_one;
 use crate::errors::ApiError;
 use crate::routes::batch_request::BatchCallRequest;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct DriverView {

@@ -11,7 +11,7 @@ use crate::auth::ApiToken;
 use crate::body::JsonBody;
 use crate::errors::ApiError;
 use crate::routes::batch_request::BatchCallRequest;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 mod listing;
 pub mod views;
