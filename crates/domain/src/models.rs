@@ -15,9 +15,7 @@ mod schedule;
 mod settlement;
 mod transcription;
 
-pub use batch::{
-    BatchCall, DriverCall, InvalidBatch, RawBatch, RawDriver, RawViolation, Violation,
-};
+pub use batch::{BatchCall, DriverCall, Violation};
 pub use batches::{
     Batch, BatchDefaults, BatchError, BatchId, Driver, InvalidBatchId, Schedule, attempt_call_sid,
 };

@@ -254,31 +254,29 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::models::{Call, PhoneNumber, RawBatch, RawDriver, RawViolation};
+    use crate::models::{Call, PhoneNumber};
     use crate::ports::{MockCallRepository, MockTelephony, PlacedCall, TelephonyError};
 
     fn batch(ids: &[i64]) -> BatchCall {
-        RawBatch {
-            call_type: Some("violation".into()),
-            timestamp: Some("1700000000".into()),
-            drivers: Some(
-                ids.iter()
-                    .map(|id| RawDriver {
-                        driver_id: Some(*id),
-                        driver_name: Some(format!("Driver {id}")),
-                        phone_number: Some("+15551234567".into()),
-                        custom_rules: None,
-                        trip_id: Some("trip_1".into()),
-                        violations: Some(vec![RawViolation {
-                            kind: Some("temperature".into()),
-                            description: Some("Reefer at 45F".into()),
-                        }]),
-                    })
-                    .collect(),
-            ),
+        BatchCall {
+            call_type: "violation".into(),
+            timestamp: "1700000000".into(),
+            drivers: ids
+                .iter()
+                .map(|id| DriverCall {
+                    call_sid: CallSid::for_driver(*id, "1700000000").expect("sid"),
+                    driver_id: *id,
+                    driver_name: format!("Driver {id}"),
+                    phone_number: PhoneNumber::parse("+15551234567").expect("phone"),
+                    custom_rules: String::new(),
+                    trip_id: "trip_1".into(),
+                    violations: vec![crate::models::Violation {
+                        kind: "temperature".into(),
+                        description: "Reefer at 45F".into(),
+                    }],
+                })
+                .collect(),
         }
-        .validate()
-        .expect("valid batch")
     }
 
     fn context() -> CallContext {
