@@ -73,12 +73,7 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
     LazyLock::force(&TRACING);
     let db = TestDatabase::new().await;
     let elevenlabs = MockServer::start().await;
-    let mut settings = settings_for(db.config().clone(), &elevenlabs.uri());
-    customize(&mut settings);
-    let app = Application::build(settings).await.expect("app builds");
-    let address = format!("http://127.0.0.1:{}", app.port());
-    let state = app.state();
-    tokio::spawn(app.run_until_stopped());
+    let (address, state) = start_instance(db.config(), &elevenlabs.uri(), customize).await;
     let pool = build_pool(db.config()).expect("pool");
     TestApp {
         address,
@@ -88,6 +83,21 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
         repository: PgCallRepository::new(pool, RetryPolicy::default()),
         db,
     }
+}
+
+/// One more server on an existing database and fake ElevenLabs (several instances).
+pub async fn start_instance(
+    database: &DbConfig,
+    elevenlabs_uri: &str,
+    customize: impl FnOnce(&mut Settings),
+) -> (String, actix_web::web::Data<AppState>) {
+    let mut settings = settings_for(database.clone(), elevenlabs_uri);
+    customize(&mut settings);
+    let app = Application::build(settings).await.expect("app builds");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let state = app.state();
+    tokio::spawn(app.run_until_stopped());
+    (address, state)
 }
 
 pub fn sign(body: &[u8], timestamp: i64) -> String {

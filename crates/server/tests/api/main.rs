@@ -2,6 +2,7 @@
 //! ElevenLabs (wiremock).
 
 mod batch_calls;
+mod batches;
 mod busy_database;
 mod calls;
 mod health;
