@@ -6,12 +6,13 @@
 //! waits for ElevenLabs. Drivers not due now are listed as `scheduled`.
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, web};
-use calls_domain::CallStatus;
-use calls_domain::models::{BatchView, Due, RecipientState, RecipientView};
+use calls_domain::models::{BatchId, BatchView, Due, RecipientState, RecipientView};
 use calls_domain::service::DialOutcome;
+use calls_domain::{Call, CallStatus};
 use serde::Serialize;
 use time::OffsetDateTime;
 use time::serde::rfc3339 as rfc3339_utc;
@@ -206,9 +207,10 @@ pub async fn place(
     let created = state.create_batch.execute(&batch, now).await?;
     let batch_id = created.batch_id;
     let limit = u32::try_from(created.drivers.len()).unwrap_or(u32::MAX);
+    let claimed_at = OffsetDateTime::now_utc();
     let claims = state
         .dialer
-        .claim_batch(&batch_id, OffsetDateTime::now_utc(), limit)
+        .claim_batch(&batch_id, claimed_at, limit)
         .await?;
     // Each dial runs in a task of its own, so a client that hangs up cannot cut a dial
     // short between its Call and its answer.
@@ -243,14 +245,54 @@ pub async fn place(
     // Drivers not dialed here are read back: scheduled for later (or, rarely, taken by a
     // dialer between our create and our claim).
     let current = if outcomes.len() < created.drivers.len() {
-        state.read_batches.get(&batch_id).await?.unwrap_or(created)
+        settled_view(&state, &batch_id, &outcomes)
+            .await?
+            .unwrap_or(created)
     } else {
         created
     };
-    let results = results(&batch, &current, &outcomes);
+    // A driver another instance's dialer took is reported from its Call, as it stands.
+    let mut taken = HashMap::new();
+    for recipient in &current.drivers {
+        if outcomes.contains_key(&recipient.driver_id) {
+            continue;
+        }
+        if let Some(attempt) = recipient.attempts.first() {
+            if let Some(call) = state.repository.get_by_call_sid(&attempt.call_sid).await? {
+                taken.insert(recipient.driver_id, call);
+            }
+        }
+    }
+    let results = results(&batch, &current, &outcomes, &taken);
     let (status, response) =
         BatchCallResponse::new(batch.timestamp(), batch_id.to_string(), results);
     Ok(HttpResponse::build(status).json(response))
+}
+
+/// How long the answer waits for a driver that was due now but claimed by a dialer (of any
+/// instance) between this request's create and its claim: about one outbound request.
+const TAKEN_WAIT: Duration = Duration::from_secs(30);
+
+/// The batch once no driver this request did not dial is still `dialing`, so that such a
+/// driver is reported with its answer like the others (bounded by [`TAKEN_WAIT`]).
+async fn settled_view(
+    state: &AppState,
+    batch_id: &BatchId,
+    outcomes: &HashMap<i64, DialOutcome>,
+) -> Result<Option<BatchView>, ApiError> {
+    let started = Instant::now();
+    loop {
+        let view = state.read_batches.get(batch_id).await?;
+        let pending = view.as_ref().is_some_and(|v| {
+            v.drivers
+                .iter()
+                .any(|r| !outcomes.contains_key(&r.driver_id) && r.state == RecipientState::Dialing)
+        });
+        if !pending || started.elapsed() >= TAKEN_WAIT {
+            return Ok(view);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// One entry per driver, in request order.
@@ -258,6 +300,7 @@ fn results(
     batch: &calls_domain::models::Batch,
     view: &BatchView,
     outcomes: &HashMap<i64, DialOutcome>,
+    taken: &HashMap<i64, Call>,
 ) -> Vec<(Dialed, CallResultView)> {
     batch
         .drivers()
@@ -284,7 +327,7 @@ fn results(
             };
             let dialed = match outcomes.get(&driver.driver_id) {
                 Some(outcome) => apply(&mut entry, outcome),
-                None => from_view(&mut entry, recipient),
+                None => from_view(&mut entry, recipient, taken.get(&driver.driver_id)),
             };
             Some((dialed, entry))
         })
@@ -336,19 +379,15 @@ fn apply(entry: &mut CallResultView, outcome: &DialOutcome) -> Dialed {
     }
 }
 
-/// A driver this request did not dial, as the batch view shows it now.
-fn from_view(entry: &mut CallResultView, recipient: &RecipientView) -> Dialed {
-    if recipient.state == RecipientState::Scheduled {
-        entry.status = "scheduled";
-        entry.scheduled_for = recipient.next_attempt_at;
-        return Dialed::Later;
-    }
-    // Another instance's dialer got there first: report its attempt as it stands.
-    match recipient.attempts.first() {
-        Some(attempt) => {
-            entry.status = attempt.status.as_str();
-            entry.error = attempt.failure_reason.clone();
-            if attempt.status == CallStatus::Failed {
+/// A driver this request did not dial, as the batch view and its Call show it now.
+fn from_view(entry: &mut CallResultView, recipient: &RecipientView, call: Option<&Call>) -> Dialed {
+    match call {
+        // Another instance's dialer got there first: its attempt, as it stands.
+        Some(call) => {
+            entry.status = call.status.as_str();
+            entry.conversation_id = call.conversation_id.as_ref().map(ToString::to_string);
+            entry.error = call.failure_reason.clone();
+            if call.status == CallStatus::Failed {
                 Dialed::Failed
             } else {
                 Dialed::Placed

@@ -77,7 +77,12 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
     let pool = build_pool(db.config()).expect("pool");
     TestApp {
         address,
-        client: reqwest::Client::new(),
+        // Shorter than the server's keep-alive (5 s), so a loaded machine never sends on a
+        // connection the server is closing (a reset, not an answer).
+        client: reqwest::Client::builder()
+            .pool_idle_timeout(Duration::from_secs(2))
+            .build()
+            .expect("client"),
         elevenlabs,
         state,
         repository: PgCallRepository::new(pool, RetryPolicy::default()),
