@@ -282,6 +282,55 @@ fn post_batch(
     Ok((status, response.text().unwrap_or_default()))
 }
 
+/// A `POST /batches` body that shows the durable batches at work with the simulated
+/// telephony: driver 2003's number ends in 0001, so its first attempt is busy and it is
+/// re-dialed after `redial_secs`; driver 2004 lives in Tokyo, where the batch's window (the
+/// two hours around the current UTC time of day) is still hours away, so it waits.
+fn demo_batch_body(timestamp: &str, now: OffsetDateTime, redial_secs: u64) -> serde_json::Value {
+    let drivers = [
+        Driver {
+            id: 2003,
+            name: "Lee Park",
+            phone: "+15551230001",
+            kind: "hours_of_service",
+            description: "Drove 30 minutes past the 11-hour limit",
+        },
+        Driver {
+            id: 2004,
+            name: "Ana Ruiz",
+            phone: "+15557654322",
+            kind: "missed_stop",
+            description: "Missed the scheduled stop at Dock 3",
+        },
+    ];
+    let mut body = batch_body(timestamp, &drivers);
+    body["drivers"][1]["timeZone"] = json!("Asia/Tokyo");
+    let hhmm = |t: OffsetDateTime| format!("{:02}:{:02}", t.hour(), t.minute());
+    let window = format!(
+        "{}-{}",
+        hhmm(now - time::Duration::hours(1)),
+        hhmm(now + time::Duration::hours(1))
+    );
+    body["schedule"] = json!({"window": window, "redialDelaysSecs": [redial_secs]});
+    body
+}
+
+/// `POST /batches`: the status and the body as text.
+fn post_batches(
+    client: &Client,
+    settings: &Settings,
+    body: &serde_json::Value,
+) -> Result<(u16, String)> {
+    let response = client
+        .post(format!("{}/batches", settings.base_url))
+        .bearer_auth(&settings.api_token)
+        .json(body)
+        .send()
+        .context("POST /batches")?;
+    let status = response.status().as_u16();
+    Ok((status, response.text().unwrap_or_default()))
+}
+
 fn now_rfc3339(now: OffsetDateTime) -> Result<String> {
     now.format(&Rfc3339).context("formatting the time")
 }
@@ -337,7 +386,36 @@ pub fn run_server(root: &Path) -> Result<()> {
         Err(e) => eprintln!("xtask: warning: the sample call failed: {e:#}"),
     }
 
+    let batch_id = match post_batches(
+        &client,
+        &settings,
+        &demo_batch_body(&format!("{timestamp}-batch"), now, 10),
+    ) {
+        Ok((202, body)) => serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["batch_id"].as_str().map(str::to_owned)),
+        Ok((status, body)) => {
+            eprintln!("xtask: warning: the sample batch got HTTP {status}: {body}");
+            None
+        }
+        Err(e) => {
+            eprintln!("xtask: warning: the sample batch failed: {e:#}");
+            None
+        }
+    };
+
     println!("{}", cheat_sheet(&settings, &call_sid, now)?);
+    if let Some(id) = batch_id {
+        println!(
+            "A sample batch was recorded: driver 2003 is busy once and re-dialed after 10 s,
+driver 2004 (Asia/Tokyo) waits for its call window. Watch it, then cancel it:
+  curl -H {bearer} {url}
+  curl -X POST -H {bearer} {url}/cancel
+",
+            bearer = shell_quote(&format!("Authorization: Bearer {}", settings.api_token)),
+            url = shell_quote(&format!("{}/batches/{id}", settings.base_url)),
+        );
+    }
 
     // Ctrl-C reaches the server too (same process group), so we only wait for it.
     let status = server.child.wait().context("waiting for calls-server")?;
@@ -428,6 +506,8 @@ pub fn demo_on(root: &Path, db_url: &str) -> Result<()> {
     // The simulated telephony loses the webhook of each call's second turn on purpose; the
     // post-call event's transcript reconciliation must restore it.
     cmd.env("SIMULATED_DROP_TURN", DROPPED_TURN.to_string());
+    // The batch part re-dials after 2 s; a fast poll keeps the demo short (it runs in CI).
+    cmd.env("DIALER_POLL_MS", "200");
     cmd.stdin(Stdio::null()).stdout(log).stderr(log_err);
 
     println!(
@@ -439,7 +519,8 @@ pub fn demo_on(root: &Path, db_url: &str) -> Result<()> {
     let mut server = Server::spawn(cmd)?;
     let result = server
         .wait_healthy(&client, &settings.base_url)
-        .and_then(|()| demo_calls(&client, &settings));
+        .and_then(|()| demo_calls(&client, &settings))
+        .and_then(|()| demo_batch(&client, &settings));
     server.stop();
 
     match result {
@@ -509,6 +590,83 @@ fn demo_calls(client: &Client, settings: &Settings) -> Result<()> {
         }
     }
     println!();
+    Ok(())
+}
+
+/// `POST /batches` with a busy-once driver and one outside its window: waits for the
+/// re-dial to complete, checks the waiting driver, prints the batch view, cancels.
+fn demo_batch(client: &Client, settings: &Settings) -> Result<()> {
+    let now = OffsetDateTime::now_utc();
+    let timestamp = format!("{}-batch", now.unix_timestamp());
+    println!(
+        "demo: POST /batches with driver 2003 (busy once) and driver 2004 (Asia/Tokyo, outside the window)"
+    );
+    let (status, body) = post_batches(client, settings, &demo_batch_body(&timestamp, now, 2))?;
+    if status != 202 {
+        bail!("expected HTTP 202 from POST /batches, got {status}: {body}");
+    }
+    let batch_id = serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["batch_id"].as_str().map(str::to_owned))
+        .ok_or_else(|| anyhow!("no batch_id in {body}"))?;
+    let path = format!("/batches/{batch_id}");
+    let started = Instant::now();
+    let view = loop {
+        let (status, body, view) = get_json::<serde_json::Value>(client, settings, &path)?;
+        let view = view
+            .filter(|_| status == 200)
+            .ok_or_else(|| anyhow!("GET {path}: HTTP {status} {body}"))?;
+        if view["drivers"][0]["state"] == "completed" {
+            break view;
+        }
+        if started.elapsed() > CALL_TIMEOUT {
+            bail!(
+                "driver 2003 was not completed within {} s: {body}",
+                CALL_TIMEOUT.as_secs()
+            );
+        }
+        thread::sleep(POLL_INTERVAL);
+    };
+    println!("demo: GET {path}\n{}", serde_json::to_string_pretty(&view)?);
+    check_demo_batch(&view)?;
+    println!(
+        "demo: driver 2003 was busy, re-dialed after 2 s and reached; driver 2004 waits for {}",
+        view["drivers"][1]["next_attempt_at"]
+    );
+    let cancelled = client
+        .post(format!("{}{path}/cancel", settings.base_url))
+        .bearer_auth(&settings.api_token)
+        .send()
+        .with_context(|| format!("POST {path}/cancel"))?;
+    if cancelled.status().as_u16() != 200 {
+        bail!("cancel answered HTTP {}", cancelled.status());
+    }
+    println!("demo: batch cancelled (driver 2004 will not be called)");
+    Ok(())
+}
+
+/// What the demo's batch must show: attempt 1 busy, attempt 2 completed; the other
+/// driver scheduled for later with no attempt.
+fn check_demo_batch(view: &serde_json::Value) -> Result<()> {
+    let lee = &view["drivers"][0];
+    let attempts = lee["attempts"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let statuses: Vec<&str> = attempts
+        .iter()
+        .filter_map(|a| a["status"].as_str())
+        .collect();
+    if statuses != ["failed", "completed"] || attempts[0]["failure_reason"] != "busy" {
+        bail!("driver 2003 should have a busy attempt and a completed re-dial: {lee}");
+    }
+    let ana = &view["drivers"][1];
+    if ana["state"] != "scheduled"
+        || !ana["next_attempt_at"].is_string()
+        || ana["attempts"] != json!([])
+    {
+        bail!("driver 2004 should wait for its window: {ana}");
+    }
     Ok(())
 }
 
