@@ -59,6 +59,33 @@ impl PgBatchRepository {
     ) -> Result<diesel_async::pooled_connection::deadpool::Object<AsyncPgConnection>, DbError> {
         Ok(self.pool.inner.get().await?)
     }
+
+    /// PostgreSQL's plan for the dialer's claim (EXPLAIN, not executed): one line per plan
+    /// line. For docs/database.md and the test that keeps the claim on its index.
+    pub async fn explain_claim(
+        &self,
+        now: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<String>, RepositoryError> {
+        #[derive(QueryableByName)]
+        struct PlanLine {
+            #[diesel(sql_type = Text, column_name = "QUERY PLAN")]
+            line: String,
+        }
+        self.retry
+            .run("explain_claim", &self.retries, |_| async move {
+                let mut conn = self.conn().await?;
+                let lines: Vec<PlanLine> =
+                    diesel::sql_query(format!("EXPLAIN {}", CLAIM.replace("{batch}", "")))
+                        .bind::<Timestamptz, _>(micros(now))
+                        .bind::<BigInt, _>(i64::from(limit))
+                        .bind::<Bool, _>(true)
+                        .load(&mut conn)
+                        .await?;
+                Ok(lines.into_iter().map(|l| l.line).collect())
+            })
+            .await
+    }
 }
 
 /// PostgreSQL keeps microseconds.

@@ -927,3 +927,36 @@ async fn an_unknown_conversation_conflict_is_reported() {
         "{second:?}"
     );
 }
+
+/// The claim reads the partial index of due recipients, however many finished ones the
+/// table holds (they are not in that index at all).
+#[tokio::test]
+async fn the_claim_uses_the_due_index_whatever_the_number_of_finished_recipients() {
+    let db = TestDatabase::new().await;
+    let repo = db.batch_repository();
+    create(&repo, &batch(1..=200, Schedule::default()), NOW)
+        .await
+        .expect("created");
+    // 200,000 finished recipients of an old batch, and the statistics to match.
+    db.execute(
+        "INSERT INTO batches (id, call_type, \"timestamp\", created_at) \
+         VALUES ('00000000-0000-7000-8000-000000000001', 'violation', 'old', now()); \
+         INSERT INTO batch_recipients (batch_id, position, driver_id, driver_name, phone_number, \
+             custom_rules, trip_id, violations, first_call_sid, time_zone, call_window, \
+             redial_delays_secs, expires_at, state, attempt, updated_at) \
+         SELECT '00000000-0000-7000-8000-000000000001', g, g, 'd', '+15551234567', '', 't', '[]', \
+             'EL_' || g || '_old', 'UTC', 'any', '{}', now(), \
+             (ARRAY['completed', 'failed', 'cancelled'])[1 + g % 3], 1, now() \
+         FROM generate_series(1, 200000) AS g; \
+         ANALYZE batch_recipients;",
+    )
+    .await;
+    let plan = repo
+        .explain_claim(NOW, 50)
+        .await
+        .expect("explain")
+        .join("\n");
+    println!("{plan}");
+    assert!(plan.contains("idx_batch_recipients_due"), "{plan}");
+    assert!(!plan.contains("Seq Scan on batch_recipients"), "{plan}");
+}
