@@ -448,7 +448,10 @@ WITH due AS (
     FOR UPDATE SKIP LOCKED
 ), decided AS (
     SELECT due.id, due.due_at,
-        CASE WHEN b.cancelled_at IS NOT NULL THEN 'cancelled'
+        -- An earlier attempt that completed after all (its settle was lost): done.
+        CASE WHEN EXISTS (SELECT 1 FROM calls c
+                          WHERE c.recipient_id = r.id AND c.status = 'completed') THEN 'completed'
+             WHEN b.cancelled_at IS NOT NULL THEN 'cancelled'
              WHEN r.expires_at <= $1 THEN 'failed'
              ELSE 'dialing' END AS new_state
     FROM due
@@ -460,7 +463,9 @@ UPDATE batch_recipients r SET
     attempt = CASE WHEN d.new_state = 'dialing' THEN r.attempt + 1 ELSE r.attempt END,
     next_attempt_at = NULL,
     held_since = CASE WHEN d.new_state = 'dialing' AND NOT $3 THEN $1 END,
-    failure_reason = CASE WHEN d.new_state = 'failed' THEN 'expired' ELSE r.failure_reason END,
+    failure_reason = CASE WHEN d.new_state = 'failed' THEN 'expired'
+                          WHEN d.new_state = 'completed' THEN NULL
+                          ELSE r.failure_reason END,
     updated_at = $1
 FROM decided d, batches b
 WHERE r.id = d.id AND b.id = r.batch_id
@@ -914,6 +919,19 @@ impl BatchRepository for PgBatchRepository {
                             .await?;
                         return Ok(false);
                     }
+                    if row.expires_at <= now {
+                        diesel::update(batch_recipients::table.find(row.id))
+                            .set((
+                                batch_recipients::state.eq(RecipientState::Failed.as_str()),
+                                batch_recipients::failure_reason.eq(EXPIRED),
+                                batch_recipients::held_since.eq(None::<OffsetDateTime>),
+                                batch_recipients::attempt.eq(row.attempt - 1),
+                                batch_recipients::updated_at.eq(now),
+                            ))
+                            .execute(conn)
+                            .await?;
+                        return Ok(false);
+                    }
                     let written = write_attempt_calls(conn, &[claimed], now).await?;
                     Ok::<_, DbError>(!written.is_empty())
                 })
@@ -1131,15 +1149,14 @@ impl BatchRepository for PgBatchRepository {
                 .load(&mut conn)
                 .await?;
                 out.released = released.len() as u64;
-                // Attempts whose Call ended without the recipient being settled (a crash
-                // between the two), and completed attempts of recipients still going.
+                // Attempts under way whose Call ended without the recipient being settled
+                // (a crash between the two), or an earlier attempt that completed. (A
+                // scheduled recipient with a completed attempt is settled by the claim.)
                 let ended: Vec<SidRow> = diesel::sql_query(
                     "SELECT c.call_sid FROM batch_recipients r \
                      JOIN calls c ON c.recipient_id = r.id \
-                     WHERE r.state IN ('scheduled', 'dialing', 'in_call') AND r.attempt > 0 \
-                       AND ((c.attempt = r.attempt AND c.status <> 'in_progress' \
-                             AND r.state <> 'scheduled') \
-                            OR c.status = 'completed') \
+                     WHERE r.state IN ('dialing', 'in_call') AND c.status <> 'in_progress' \
+                       AND (c.attempt = r.attempt OR c.status = 'completed') \
                      LIMIT $1",
                 )
                 .bind::<BigInt, _>(SWEEP_LIMIT)

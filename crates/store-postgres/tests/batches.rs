@@ -960,3 +960,80 @@ async fn the_claim_uses_the_due_index_whatever_the_number_of_finished_recipients
     assert!(plan.contains("idx_batch_recipients_due"), "{plan}");
     assert!(!plan.contains("Seq Scan on batch_recipients"), "{plan}");
 }
+
+#[tokio::test]
+async fn a_scheduled_redial_whose_earlier_attempt_completed_unsettled_is_never_dialed() {
+    let db = TestDatabase::new().await;
+    let repo = db.batch_repository();
+    let view = create(
+        &repo,
+        &batch(
+            [1],
+            Schedule {
+                redial_delays: delays(&[0]),
+                ..Schedule::default()
+            },
+        ),
+        NOW,
+    )
+    .await
+    .expect("created");
+    let first = claim(&repo, NOW).await.remove(0);
+    repo.record_dial_failure(&first, "timed out", true, NOW)
+        .await
+        .expect("failure");
+    // The post-call event completed the Call, but its settle never ran.
+    db.repository()
+        .finish_call(
+            first.call_sid(),
+            &CallFinish {
+                conversation_id: Some(ConversationId::parse("conv_1").expect("conv")),
+                ending: Ending::Completed {
+                    end: NOW,
+                    outcome: Default::default(),
+                    start: NOW,
+                    transcript: Vec::new(),
+                },
+            },
+        )
+        .await
+        .expect("finished");
+    assert!(
+        claim(&repo, NOW).await.is_empty(),
+        "attempt 2 is not dialed"
+    );
+    let read = repo
+        .get_batch(&view.batch_id)
+        .await
+        .expect("get")
+        .expect("batch");
+    assert_eq!(read.drivers[0].state, RecipientState::Completed);
+    assert_eq!(read.drivers[0].attempts.len(), 1);
+}
+
+#[tokio::test]
+async fn a_hold_that_outlives_the_expiry_writes_no_call() {
+    let db = TestDatabase::new().await;
+    let repo = db.batch_repository();
+    let view = create(&repo, &batch([1], Schedule::default()), NOW)
+        .await
+        .expect("created");
+    let hold = ClaimRequest {
+        write_calls: false,
+        ..claim_request(NOW, 10)
+    };
+    let held = repo.claim_due(&hold).await.expect("claim").remove(0);
+    let past = held.rules.expires_at;
+    assert!(!repo.start_attempt(&held, past).await.expect("start"));
+    let read = repo
+        .get_batch(&view.batch_id)
+        .await
+        .expect("get")
+        .expect("batch");
+    assert_eq!(read.drivers[0].state, RecipientState::Failed);
+    assert_eq!(read.drivers[0].failure_reason.as_deref(), Some("expired"));
+    assert_eq!(
+        count(&db, "SELECT count(*)::text AS value FROM calls").await,
+        0
+    );
+}
