@@ -446,7 +446,7 @@ WITH due AS (
     ORDER BY r.next_attempt_at
     LIMIT $2
     FOR UPDATE SKIP LOCKED
-), decided AS (
+), decided AS MATERIALIZED (
     SELECT due.id, due.due_at,
         -- An earlier attempt that completed after all (its settle was lost): done.
         CASE WHEN EXISTS (SELECT 1 FROM calls c
@@ -791,13 +791,14 @@ impl BatchRepository for PgBatchRepository {
                     .limit(take)
                     .into_boxed();
                 if let Some(after) = query.after {
-                    // Row comparison `(created_at, id) < (…)`, spelled out for diesel.
-                    let t = micros(after.created_at);
-                    let id = after.batch_id.as_uuid();
+                    // A row comparison: one index condition on idx_batches_created_id
+                    // (the spelled-out OR could only be filtered).
                     q = q.filter(
-                        batches::created_at
-                            .lt(t)
-                            .or(batches::created_at.eq(t).and(batches::id.lt(id))),
+                        diesel::dsl::sql::<Bool>("(created_at, id) < (")
+                            .bind::<Timestamptz, _>(micros(after.created_at))
+                            .sql(", ")
+                            .bind::<SqlUuid, _>(after.batch_id.as_uuid())
+                            .sql(")"),
                     );
                 }
                 let rows: Vec<BatchRow> = q.load(&mut conn).await?;

@@ -937,9 +937,10 @@ async fn the_claim_uses_the_due_index_whatever_the_number_of_finished_recipients
     create(&repo, &batch(1..=200, Schedule::default()), NOW)
         .await
         .expect("created");
-    // 200,000 finished recipients of an old batch, and the statistics to match.
+    // 100,000 finished recipients of an old batch, and the statistics to match.
     db.execute(
-        "INSERT INTO batches (id, call_type, \"timestamp\", created_at) \
+        "SET statement_timeout = 0; \
+         INSERT INTO batches (id, call_type, \"timestamp\", created_at) \
          VALUES ('00000000-0000-7000-8000-000000000001', 'violation', 'old', now()); \
          INSERT INTO batch_recipients (batch_id, position, driver_id, driver_name, phone_number, \
              custom_rules, trip_id, violations, first_call_sid, time_zone, call_window, \
@@ -947,8 +948,8 @@ async fn the_claim_uses_the_due_index_whatever_the_number_of_finished_recipients
          SELECT '00000000-0000-7000-8000-000000000001', g, g, 'd', '+15551234567', '', 't', '[]', \
              'EL_' || g || '_old', 'UTC', 'any', '{}', now(), \
              (ARRAY['completed', 'failed', 'cancelled'])[1 + g % 3], 1, now() \
-         FROM generate_series(1, 200000) AS g; \
-         ANALYZE batch_recipients;",
+         FROM generate_series(1, 100000) AS g; \
+         ANALYZE batch_recipients; RESET statement_timeout;",
     )
     .await;
     let plan = repo
