@@ -586,6 +586,8 @@ async fn failures_redial_by_the_delays_then_fail_with_the_reason() {
         .expect("batch");
     assert_eq!(read.status, BatchStatus::Done);
     assert_eq!(read.counts.failed, 2);
+    let all = repo.recipient_counts().await.expect("counts");
+    assert_eq!((all.failed, all.total()), (2, 2));
 }
 
 #[tokio::test]
