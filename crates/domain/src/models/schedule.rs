@@ -561,6 +561,11 @@ mod tests {
     fn time_zones_are_iana_names_only() {
         assert_eq!(chicago().name(), "America/Chicago");
         assert_eq!(TimeZone::parse("UTC").expect("utc").name(), "UTC");
+        // Stored in the database's spelling, so every instance reads the same name.
+        assert_eq!(
+            TimeZone::parse("america/chicago").expect("any case").name(),
+            "America/Chicago"
+        );
         for bad in [
             "",
             "Mars/Phobos",
