@@ -1063,3 +1063,84 @@ async fn ten_thousand_recipients_are_written_and_read_back_quickly() {
     assert_eq!(view.counts.scheduled, 10_000);
     assert!(took < Duration::from_secs(3), "{took:?}");
 }
+
+/// A telephony that must not be asked anything (the repair of a Call without a
+/// conversation_id needs no provider).
+struct Unused;
+
+#[async_trait::async_trait]
+impl calls_domain::Telephony for Unused {
+    async fn place_call(
+        &self,
+        _: &calls_domain::ports::OutboundCall,
+    ) -> Result<calls_domain::ports::PlacedCall, calls_domain::ports::TelephonyError> {
+        panic!("the repair never dials")
+    }
+
+    async fn fetch_conversation(
+        &self,
+        _: &ConversationId,
+    ) -> Result<calls_domain::ConversationState, calls_domain::ports::TelephonyError> {
+        panic!("a Call without conversation_id is not looked up")
+    }
+}
+
+/// An instance dies after committing the attempt's Call and before (or while) sending the
+/// outbound request: the recipient is `dialing` with an `in_progress` Call. The stale-call
+/// repair fails the Call and settles the recipient: re-dialed by the rule, not stuck.
+#[tokio::test]
+async fn the_stale_call_repair_settles_an_attempt_whose_instance_died_mid_request() {
+    use calls_domain::service::{PassOutcome, ReconcileSettings, ReconcileStale};
+    let db = TestDatabase::new().await;
+    // Real time: the repair settles at the present, and the expiry is a day after creation.
+    let now = OffsetDateTime::now_utc();
+    let view = {
+        let dead = instance(&db).await;
+        let view = create(
+            &dead,
+            &batch(
+                [1],
+                Schedule {
+                    redial_delays: delays(&[0]),
+                    ..Schedule::default()
+                },
+            ),
+            now,
+        )
+        .await
+        .expect("created");
+        let claimed = claim(&dead, now).await;
+        assert_eq!(claimed.len(), 1);
+        view
+        // kill -9: nothing more from this instance.
+    };
+    let survivor = instance(&db).await;
+    let repair = ReconcileStale::new(
+        Arc::new(db.repository()),
+        Arc::new(Unused),
+        ReconcileSettings {
+            min_request_interval: Duration::ZERO,
+            ..ReconcileSettings::default()
+        },
+    )
+    .with_batches(Arc::new(survivor.clone()));
+    let pass = repair.execute(Duration::ZERO).await.expect("pass");
+    assert!(
+        matches!(pass, PassOutcome::Ran(ref lines) if lines.len() == 1),
+        "{pass:?}"
+    );
+
+    let read = survivor
+        .get_batch(&view.batch_id)
+        .await
+        .expect("get")
+        .expect("batch");
+    assert_eq!(read.drivers[0].state, RecipientState::Scheduled);
+    assert_eq!(read.drivers[0].attempts[0].status, CallStatus::Failed);
+    let again = claim(&survivor, OffsetDateTime::now_utc()).await;
+    assert_eq!(again.len(), 1);
+    assert_eq!(
+        again[0].attempt, 2,
+        "the next attempt, never the same one twice"
+    );
+}
