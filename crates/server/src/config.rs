@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use calls_domain::models::{BatchDefaults, CallWindow, RedialDelays, TimeZone};
 use calls_store_postgres::{DbConfig, SchemaName};
+use secrecy::{ExposeSecret, SecretString};
 
 use crate::cli::{DbArgs, ServeArgs, TelephonyKind};
 
@@ -17,31 +18,11 @@ pub enum ConfigError {
     Invalid { name: &'static str, reason: String },
 }
 
-/// A secret that never shows in `Debug` output or logs.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
 #[derive(Debug, Clone)]
 pub enum TelephonySettings {
     ElevenLabs {
         base_url: String,
-        api_key: Secret,
+        api_key: SecretString,
         agent_id: String,
         agent_phone_number_id: String,
         timeout: Duration,
@@ -55,8 +36,8 @@ pub struct Settings {
     pub database: DbConfig,
     pub telephony: TelephonySettings,
     /// `None` only when running open for development.
-    pub webhook_secret: Option<Secret>,
-    pub api_token: Option<Secret>,
+    pub webhook_secret: Option<SecretString>,
+    pub api_token: Option<SecretString>,
     pub conversation_wait: Duration,
     pub transfer_to_number: String,
     pub dispatcher_name: String,
@@ -83,7 +64,7 @@ pub struct Settings {
 #[derive(Debug, Clone)]
 pub struct PredialSettings {
     pub url: String,
-    pub token: Option<Secret>,
+    pub token: Option<SecretString>,
     pub timeout: Duration,
 }
 
@@ -100,6 +81,13 @@ fn non_empty(value: Option<&String>) -> Option<String> {
     value.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
 }
 
+/// A secret without surrounding white space (an `.env` line often has some); `None` when
+/// empty.
+fn non_empty_secret(value: Option<&SecretString>) -> Option<SecretString> {
+    let value = value?.expose_secret().trim();
+    (!value.is_empty()).then(|| SecretString::from(value))
+}
+
 pub fn database_config(
     args: &DbArgs,
     missing: &mut Vec<&'static str>,
@@ -108,32 +96,10 @@ pub fn database_config(
         name: "DATABASE_SCHEMA",
         reason: e.to_string(),
     })?;
-    if args.database_pool_size == 0 {
-        return Err(ConfigError::Invalid {
-            name: "DATABASE_POOL_SIZE",
-            reason: "must be at least 1".into(),
-        });
-    }
-    let Some(url) = non_empty(args.database_url.as_ref()) else {
+    let Some(url) = non_empty_secret(args.database_url.as_ref()) else {
         missing.push("DATABASE_URL");
         return Ok(None);
     };
-    for (name, value) in [
-        ("DATABASE_POOL_WAIT_MS", args.database_pool_wait_ms),
-        (
-            "DATABASE_STATEMENT_TIMEOUT_MS",
-            args.database_statement_timeout_ms,
-        ),
-        ("DATABASE_LOCK_TIMEOUT_MS", args.database_lock_timeout_ms),
-    ] {
-        if value == 0 {
-            // 0 would mean "wait forever" to PostgreSQL and deadpool alike.
-            return Err(ConfigError::Invalid {
-                name,
-                reason: "must be at least 1".into(),
-            });
-        }
-    }
     let mut config = DbConfig::new(url, schema);
     config.pool_size = args.database_pool_size;
     config.wait_timeout = Duration::from_millis(args.database_pool_wait_ms);
@@ -171,6 +137,10 @@ impl Settings {
         let telephony = match args.telephony {
             TelephonyKind::Simulated => TelephonySettings::Simulated,
             TelephonyKind::Elevenlabs => {
+                let api_key = non_empty_secret(args.elevenlabs_api_key.as_ref());
+                if api_key.is_none() {
+                    missing.push("ELEVENLABS_API_KEY");
+                }
                 let mut need = |value: Option<&String>, name: &'static str| {
                     let v = non_empty(value);
                     if v.is_none() {
@@ -178,7 +148,6 @@ impl Settings {
                     }
                     v.unwrap_or_default()
                 };
-                let api_key = need(args.elevenlabs_api_key.as_ref(), "ELEVENLABS_API_KEY");
                 let agent_id = need(args.elevenlabs_agent_id.as_ref(), "ELEVENLABS_AGENT_ID");
                 let phone_id = need(
                     args.elevenlabs_agent_phone_number_id.as_ref(),
@@ -186,16 +155,16 @@ impl Settings {
                 );
                 TelephonySettings::ElevenLabs {
                     base_url: args.elevenlabs_base_url.trim_end_matches('/').to_owned(),
-                    api_key: Secret::new(api_key),
+                    api_key: api_key.unwrap_or_default(),
                     agent_id,
                     agent_phone_number_id: phone_id,
-                    timeout: Duration::from_secs(args.elevenlabs_timeout_secs.max(1)),
+                    timeout: Duration::from_secs(args.elevenlabs_timeout_secs),
                 }
             }
         };
 
-        let webhook_secret = non_empty(args.webhook_secret.as_ref()).map(Secret::new);
-        let api_token = non_empty(args.api_token.as_ref()).map(Secret::new);
+        let webhook_secret = non_empty_secret(args.webhook_secret.as_ref());
+        let api_token = non_empty_secret(args.api_token.as_ref());
         if serving && !args.insecure_dev {
             if webhook_secret.is_none() {
                 missing.push("WEBHOOK_SECRET");
@@ -203,12 +172,6 @@ impl Settings {
             if api_token.is_none() {
                 missing.push("API_TOKEN");
             }
-        }
-        if args.call_concurrency == 0 {
-            return Err(ConfigError::Invalid {
-                name: "CALL_CONCURRENCY",
-                reason: "must be at least 1".into(),
-            });
         }
         let batch_defaults = batch_defaults(args)?;
         let Some(database) = database.filter(|_| missing.is_empty()) else {
@@ -229,19 +192,18 @@ impl Settings {
             dispatcher_name: args.dispatcher_name.clone(),
             public_base_url,
             call_concurrency: args.call_concurrency,
-            // Below 1 KiB not even a valid request fits.
             body_limits: BodyLimits {
-                transcription: args.transcription_max_body_bytes.max(1024),
-                batch: args.max_body_bytes.max(1024),
-                post_call: args.post_call_max_body_bytes.max(1024),
+                transcription: args.transcription_max_body_bytes,
+                batch: args.max_body_bytes,
+                post_call: args.post_call_max_body_bytes,
             },
-            body_read_timeout: Duration::from_secs(args.body_read_timeout_secs.max(1)),
+            body_read_timeout: Duration::from_secs(args.body_read_timeout_secs),
             insecure_dev: args.insecure_dev,
             reconcile_interval: (args.reconcile_interval_secs > 0)
                 .then(|| Duration::from_secs(args.reconcile_interval_secs)),
             reconcile_after: Duration::from_secs(args.reconcile_after_secs),
             simulation: SimulationSettings {
-                drop_turn: args.simulated_drop_turn.filter(|n| *n > 0),
+                drop_turn: args.simulated_drop_turn,
                 skip_post_call: args.simulated_skip_post_call,
             },
             batch_defaults,
@@ -249,7 +211,7 @@ impl Settings {
                 .then(|| Duration::from_millis(args.dialer_poll_ms)),
             predial: non_empty(args.predial_url.as_ref()).map(|url| PredialSettings {
                 url,
-                token: non_empty(args.predial_token.as_ref()).map(Secret::new),
+                token: non_empty(args.predial_token.as_ref()).map(SecretString::from),
                 timeout: Duration::from_millis(args.predial_timeout_ms),
             }),
         })
@@ -569,5 +531,43 @@ mod tests {
         ])
         .expect_err("invalid");
         assert!(err.to_string().contains("DATABASE_SCHEMA"));
+    }
+
+    #[test]
+    fn values_out_of_range_are_refused_naming_the_variable() {
+        for (flag, value, variable) in [
+            ("--database-pool-size", "0", "DATABASE_POOL_SIZE"),
+            ("--database-pool-wait-ms", "0", "DATABASE_POOL_WAIT_MS"),
+            (
+                "--database-lock-timeout-ms",
+                "0",
+                "DATABASE_LOCK_TIMEOUT_MS",
+            ),
+            ("--call-concurrency", "0", "CALL_CONCURRENCY"),
+            ("--elevenlabs-timeout-secs", "0", "ELEVENLABS_TIMEOUT_SECS"),
+            ("--max-body-bytes", "1023", "MAX_BODY_BYTES"),
+            ("--body-read-timeout-secs", "0", "BODY_READ_TIMEOUT_SECS"),
+        ] {
+            let err = crate::cli::Cli::try_parse_from([
+                "calls-server",
+                "--database-url",
+                "postgres://x/y",
+                flag,
+                value,
+            ])
+            .expect_err(flag);
+            assert!(err.to_string().contains(variable), "{err}");
+        }
+        let at_the_floor = parse(&[
+            "--database-url",
+            "postgres://x/y",
+            "--telephony",
+            "simulated",
+            "--insecure-dev",
+            "--max-body-bytes",
+            "1024",
+        ])
+        .expect("1024 is allowed");
+        assert_eq!(at_the_floor.body_limits.batch, 1024);
     }
 }

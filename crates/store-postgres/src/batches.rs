@@ -59,6 +59,33 @@ impl PgBatchRepository {
     ) -> Result<diesel_async::pooled_connection::deadpool::Object<AsyncPgConnection>, DbError> {
         Ok(self.pool.inner.get().await?)
     }
+
+    /// PostgreSQL's plan for the dialer's claim (EXPLAIN, not executed): one line per plan
+    /// line. For docs/database.md and the test that keeps the claim on its index.
+    pub async fn explain_claim(
+        &self,
+        now: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<String>, RepositoryError> {
+        #[derive(QueryableByName)]
+        struct PlanLine {
+            #[diesel(sql_type = Text, column_name = "QUERY PLAN")]
+            line: String,
+        }
+        self.retry
+            .run("explain_claim", &self.retries, |_| async move {
+                let mut conn = self.conn().await?;
+                let lines: Vec<PlanLine> =
+                    diesel::sql_query(format!("EXPLAIN {}", CLAIM.replace("{batch}", "")))
+                        .bind::<Timestamptz, _>(micros(now))
+                        .bind::<BigInt, _>(i64::from(limit))
+                        .bind::<Bool, _>(true)
+                        .load(&mut conn)
+                        .await?;
+                Ok(lines.into_iter().map(|l| l.line).collect())
+            })
+            .await
+    }
 }
 
 /// PostgreSQL keeps microseconds.
@@ -419,9 +446,12 @@ WITH due AS (
     ORDER BY r.next_attempt_at
     LIMIT $2
     FOR UPDATE SKIP LOCKED
-), decided AS (
+), decided AS MATERIALIZED (
     SELECT due.id, due.due_at,
-        CASE WHEN b.cancelled_at IS NOT NULL THEN 'cancelled'
+        -- An earlier attempt that completed after all (its settle was lost): done.
+        CASE WHEN EXISTS (SELECT 1 FROM calls c
+                          WHERE c.recipient_id = r.id AND c.status = 'completed') THEN 'completed'
+             WHEN b.cancelled_at IS NOT NULL THEN 'cancelled'
              WHEN r.expires_at <= $1 THEN 'failed'
              ELSE 'dialing' END AS new_state
     FROM due
@@ -433,7 +463,9 @@ UPDATE batch_recipients r SET
     attempt = CASE WHEN d.new_state = 'dialing' THEN r.attempt + 1 ELSE r.attempt END,
     next_attempt_at = NULL,
     held_since = CASE WHEN d.new_state = 'dialing' AND NOT $3 THEN $1 END,
-    failure_reason = CASE WHEN d.new_state = 'failed' THEN 'expired' ELSE r.failure_reason END,
+    failure_reason = CASE WHEN d.new_state = 'failed' THEN 'expired'
+                          WHEN d.new_state = 'completed' THEN NULL
+                          ELSE r.failure_reason END,
     updated_at = $1
 FROM decided d, batches b
 WHERE r.id = d.id AND b.id = r.batch_id
@@ -759,13 +791,14 @@ impl BatchRepository for PgBatchRepository {
                     .limit(take)
                     .into_boxed();
                 if let Some(after) = query.after {
-                    // Row comparison `(created_at, id) < (…)`, spelled out for diesel.
-                    let t = micros(after.created_at);
-                    let id = after.batch_id.as_uuid();
+                    // A row comparison: one index condition on idx_batches_created_id
+                    // (the spelled-out OR could only be filtered).
                     q = q.filter(
-                        batches::created_at
-                            .lt(t)
-                            .or(batches::created_at.eq(t).and(batches::id.lt(id))),
+                        diesel::dsl::sql::<Bool>("(created_at, id) < (")
+                            .bind::<Timestamptz, _>(micros(after.created_at))
+                            .sql(", ")
+                            .bind::<SqlUuid, _>(after.batch_id.as_uuid())
+                            .sql(")"),
                     );
                 }
                 let rows: Vec<BatchRow> = q.load(&mut conn).await?;
@@ -879,6 +912,19 @@ impl BatchRepository for PgBatchRepository {
                         diesel::update(batch_recipients::table.find(row.id))
                             .set((
                                 batch_recipients::state.eq(RecipientState::Cancelled.as_str()),
+                                batch_recipients::held_since.eq(None::<OffsetDateTime>),
+                                batch_recipients::attempt.eq(row.attempt - 1),
+                                batch_recipients::updated_at.eq(now),
+                            ))
+                            .execute(conn)
+                            .await?;
+                        return Ok(false);
+                    }
+                    if row.expires_at <= now {
+                        diesel::update(batch_recipients::table.find(row.id))
+                            .set((
+                                batch_recipients::state.eq(RecipientState::Failed.as_str()),
+                                batch_recipients::failure_reason.eq(EXPIRED),
                                 batch_recipients::held_since.eq(None::<OffsetDateTime>),
                                 batch_recipients::attempt.eq(row.attempt - 1),
                                 batch_recipients::updated_at.eq(now),
@@ -1060,6 +1106,37 @@ impl BatchRepository for PgBatchRepository {
             .await
     }
 
+    async fn recipient_counts(&self) -> Result<StateCounts, RepositoryError> {
+        #[derive(QueryableByName)]
+        struct StateRow {
+            #[diesel(sql_type = Text)]
+            state: String,
+            #[diesel(sql_type = BigInt)]
+            n: i64,
+        }
+        self.retry
+            .run("recipient_counts", &self.retries, |_| async move {
+                let mut conn = self.conn().await?;
+                // A scan of the table: fine at a scrape every few seconds for millions of
+                // rows; the live states alone would come from the partial indexes.
+                let rows: Vec<StateRow> = diesel::sql_query(
+                    "SELECT state, count(*) AS n FROM batch_recipients GROUP BY state",
+                )
+                .load(&mut conn)
+                .await?;
+                let mut counts = StateCounts::default();
+                for row in rows {
+                    let state: RecipientState = row
+                        .state
+                        .parse()
+                        .map_err(|e| invalid("batch_recipients", e))?;
+                    counts.add(state, u64::try_from(row.n).unwrap_or(0));
+                }
+                Ok(counts)
+            })
+            .await
+    }
+
     async fn sweep(
         &self,
         now: OffsetDateTime,
@@ -1104,15 +1181,14 @@ impl BatchRepository for PgBatchRepository {
                 .load(&mut conn)
                 .await?;
                 out.released = released.len() as u64;
-                // Attempts whose Call ended without the recipient being settled (a crash
-                // between the two), and completed attempts of recipients still going.
+                // Attempts under way whose Call ended without the recipient being settled
+                // (a crash between the two), or an earlier attempt that completed. (A
+                // scheduled recipient with a completed attempt is settled by the claim.)
                 let ended: Vec<SidRow> = diesel::sql_query(
                     "SELECT c.call_sid FROM batch_recipients r \
                      JOIN calls c ON c.recipient_id = r.id \
-                     WHERE r.state IN ('scheduled', 'dialing', 'in_call') AND r.attempt > 0 \
-                       AND ((c.attempt = r.attempt AND c.status <> 'in_progress' \
-                             AND r.state <> 'scheduled') \
-                            OR c.status = 'completed') \
+                     WHERE r.state IN ('dialing', 'in_call') AND c.status <> 'in_progress' \
+                       AND (c.attempt = r.attempt OR c.status = 'completed') \
                      LIMIT $1",
                 )
                 .bind::<BigInt, _>(SWEEP_LIMIT)

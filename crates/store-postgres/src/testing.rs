@@ -9,10 +9,11 @@ use diesel::prelude::*;
 use diesel::sql_types::Text;
 use diesel_async::pooled_connection::deadpool::Object;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use secrecy::ExposeSecret;
 
 use crate::{
-    DbConfig, DbPool, MigrateCommand, PgCallRepository, RetryPolicy, SchemaName, build_pool,
-    migrate,
+    DbConfig, DbPool, MigrateCommand, PgBatchRepository, PgCallRepository, RetryPolicy, SchemaName,
+    build_pool, migrate,
 };
 
 pub struct TestDatabase {
@@ -90,6 +91,10 @@ impl TestDatabase {
         PgCallRepository::new(self.pool.clone(), RetryPolicy::default())
     }
 
+    pub fn batch_repository(&self) -> PgBatchRepository {
+        PgBatchRepository::new(self.pool.clone(), RetryPolicy::default())
+    }
+
     /// A pooled connection with the test schema on its search_path.
     pub async fn conn(&self) -> Object<AsyncPgConnection> {
         self.pool
@@ -109,7 +114,7 @@ impl TestDatabase {
     /// Terminates every server connection of this schema's pools (like an admin or a
     /// failover would), from a connection of its own; returns how many were killed.
     pub async fn terminate_connections(&self) -> usize {
-        let mut admin = AsyncPgConnection::establish(&self.config.url)
+        let mut admin = AsyncPgConnection::establish(self.config.url.expose_secret())
             .await
             .unwrap_or_else(|e| panic!("admin connection: {e}"));
         #[derive(QueryableByName)]
@@ -195,7 +200,7 @@ pub async fn strings_on(pool: &DbPool, sql: &str) -> Vec<String> {
 
 impl Drop for TestDatabase {
     fn drop(&mut self) {
-        let url = self.config.url.clone();
+        let url = self.config.url.expose_secret().to_owned();
         let sql = format!(
             "DROP SCHEMA IF EXISTS {} CASCADE",
             self.config.schema.quoted()

@@ -104,3 +104,152 @@ pub fn decide_settlement(input: &SettleInput<'_>) -> Settlement {
 pub fn is_redialable_status(status: u16) -> bool {
     !(400..500).contains(&status) || status == 408 || status == 429
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::{CallWindow, RedialDelays, TimeZone};
+    use time::macros::datetime;
+
+    const NOW: OffsetDateTime = datetime!(2024-06-01 15:00 UTC);
+
+    fn rules() -> DialRules {
+        DialRules {
+            time_zone: TimeZone::utc(),
+            window: CallWindow::Any,
+            redial_delays: RedialDelays::new(vec![600, 1800]).expect("delays"),
+            expires_at: NOW + time::Duration::hours(1),
+        }
+    }
+
+    fn input(rules: &DialRules) -> SettleInput<'_> {
+        SettleInput {
+            state: RecipientState::InCall,
+            current_attempt: 1,
+            ended_attempt: 1,
+            batch_cancelled: false,
+            call_status: CallStatus::Failed,
+            call_failure_reason: Some("busy"),
+            redialable: true,
+            rules,
+            now: NOW,
+        }
+    }
+
+    #[test]
+    fn a_completed_call_completes_the_recipient_whatever_its_state() {
+        let r = rules();
+        for state in [
+            RecipientState::Scheduled,
+            RecipientState::Dialing,
+            RecipientState::InCall,
+            RecipientState::Failed,
+            RecipientState::Cancelled,
+        ] {
+            let i = SettleInput {
+                state,
+                call_status: CallStatus::Completed,
+                ended_attempt: 1,
+                current_attempt: 2,
+                batch_cancelled: true,
+                ..input(&r)
+            };
+            assert_eq!(decide_settlement(&i), Settlement::Completed, "{state}");
+        }
+        let done = SettleInput {
+            state: RecipientState::Completed,
+            call_status: CallStatus::Completed,
+            ..input(&r)
+        };
+        assert_eq!(decide_settlement(&done), Settlement::Unchanged);
+    }
+
+    #[test]
+    fn a_redialable_failure_schedules_the_next_attempt_after_its_delay() {
+        let r = rules();
+        assert_eq!(
+            decide_settlement(&input(&r)),
+            Settlement::Scheduled {
+                attempt: 2,
+                at: NOW + time::Duration::minutes(10)
+            }
+        );
+    }
+
+    #[test]
+    fn no_redial_when_not_redialable_no_attempt_remains_expired_or_cancelled() {
+        let r = rules();
+        let busy = Settlement::Failed {
+            reason: "busy".into(),
+        };
+        let not_redialable = SettleInput {
+            redialable: false,
+            ..input(&r)
+        };
+        assert_eq!(decide_settlement(&not_redialable), busy);
+        let last = SettleInput {
+            current_attempt: 3,
+            ended_attempt: 3,
+            ..input(&r)
+        };
+        assert_eq!(decide_settlement(&last), busy);
+        // Attempt 2's delay (1800 s) falls past the expiry (1 h) when known 40 min in.
+        let late = SettleInput {
+            current_attempt: 2,
+            ended_attempt: 2,
+            now: NOW + time::Duration::minutes(40),
+            ..input(&r)
+        };
+        assert_eq!(
+            decide_settlement(&late),
+            Settlement::Failed {
+                reason: EXPIRED.into()
+            }
+        );
+        let cancelled = SettleInput {
+            batch_cancelled: true,
+            ..input(&r)
+        };
+        assert_eq!(
+            decide_settlement(&cancelled),
+            Settlement::Cancelled {
+                reason: Some("busy".into())
+            }
+        );
+    }
+
+    #[test]
+    fn an_old_attempt_a_settled_recipient_or_a_call_in_progress_change_nothing() {
+        let r = rules();
+        for i in [
+            SettleInput {
+                current_attempt: 2,
+                ..input(&r)
+            },
+            SettleInput {
+                state: RecipientState::Scheduled,
+                ..input(&r)
+            },
+            SettleInput {
+                state: RecipientState::Failed,
+                ..input(&r)
+            },
+            SettleInput {
+                call_status: CallStatus::InProgress,
+                ..input(&r)
+            },
+        ] {
+            assert_eq!(decide_settlement(&i), Settlement::Unchanged, "{i:?}");
+        }
+    }
+
+    #[test]
+    fn only_4xx_other_than_408_and_429_is_not_redialable() {
+        for s in [400, 401, 403, 404, 409, 422, 499] {
+            assert!(!is_redialable_status(s), "{s}");
+        }
+        for s in [200, 302, 408, 429, 500, 502, 503, 504] {
+            assert!(is_redialable_status(s), "{s}");
+        }
+    }
+}

@@ -12,8 +12,8 @@ use super::place_calls::outbound_call;
 use super::prompt::CallContext;
 use crate::models::{
     Batch, BatchDefaults, BatchId, BatchListQuery, BatchPage, BatchView, CallSid, CheckResult,
-    ConversationId, DialRules, DriverCall, Due, LastCheck, RecipientState, attempt_call_sid,
-    first_due, mask_phone_numbers,
+    ConversationId, DialRules, DriverCall, Due, LastCheck, RecipientState, StateCounts,
+    attempt_call_sid, first_due, mask_phone_numbers,
 };
 use crate::ports::{
     BatchRepository, BoxError, ClaimRequest, ClaimedAttempt, NewBatch, NewRecipient, PredialAnswer,
@@ -162,6 +162,11 @@ impl ReadBatches {
 
     pub async fn list(&self, query: &BatchListQuery) -> Result<BatchPage, StoreFailure> {
         Ok(self.batches.list_batches(query).await?)
+    }
+
+    /// Recipients of all batches by state (for the metrics).
+    pub async fn recipient_counts(&self) -> Result<StateCounts, StoreFailure> {
+        Ok(self.batches.recipient_counts().await?)
     }
 }
 
@@ -351,7 +356,11 @@ impl Dialer {
             phone_number: claimed.driver.phone_number.clone(),
         };
         let answer = predial.check(&request).await;
-        let at = OffsetDateTime::now_utc();
+        // Whole microseconds, as stored: the due time computed from it is exact.
+        let now = OffsetDateTime::now_utc();
+        let at = now
+            .replace_nanosecond(now.nanosecond() / 1_000 * 1_000)
+            .unwrap_or(now);
         let (check, detail, wait) = match answer {
             PredialAnswer::Eligible => (CheckResult::Eligible, None, None),
             PredialAnswer::NotEligible { retry_after } => {
@@ -415,5 +424,616 @@ pub(crate) async fn settle_ended_call(
         }
         Ok(None) => Ok(()),
         Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::{
+        BatchStatus, CallWindow, Driver, PhoneNumber, RedialDelays, Schedule, StateCounts,
+        TimeZone, Violation, WallTime,
+    };
+    use crate::ports::{
+        MockBatchRepository, MockPredialCheck, MockTelephony, PlacedCall, TelephonyError,
+    };
+    use time::macros::datetime;
+
+    const NOW: OffsetDateTime = datetime!(2024-06-01 15:00 UTC);
+
+    fn driver(id: i64) -> Driver {
+        Driver {
+            driver_id: id,
+            driver_name: format!("Driver {id}"),
+            phone_number: PhoneNumber::parse("+15551234567").expect("phone"),
+            custom_rules: String::new(),
+            trip_id: "trip".into(),
+            violations: vec![Violation {
+                kind: "temperature".into(),
+                description: "Reefer at 45F".into(),
+            }],
+            time_zone: None,
+            not_before: None,
+        }
+    }
+
+    fn tz(name: &str) -> TimeZone {
+        TimeZone::parse(name).expect("tz")
+    }
+
+    fn view(batch: &NewBatch) -> BatchView {
+        BatchView {
+            batch_id: batch.batch_id,
+            created_at: batch.created_at,
+            call_type: batch.call_type.clone(),
+            timestamp: batch.timestamp.clone(),
+            status: BatchStatus::Active,
+            counts: StateCounts::default(),
+            drivers: Vec::new(),
+        }
+    }
+
+    fn defaults() -> BatchDefaults {
+        BatchDefaults {
+            time_zone: tz("America/New_York"),
+            window: CallWindow::parse("08:00-20:00").expect("window"),
+            redial_delays: RedialDelays::new(vec![60]).expect("delays"),
+            expiry: Duration::from_secs(3600),
+        }
+    }
+
+    fn create(repo: MockBatchRepository) -> CreateBatch {
+        CreateBatch::new(Arc::new(repo), defaults())
+    }
+
+    #[test]
+    fn each_recipient_resolves_zone_window_delays_and_expiry_from_driver_schedule_defaults() {
+        let mut own = driver(1);
+        own.time_zone = Some(tz("America/Chicago"));
+        own.not_before = Some(datetime!(2024-06-02 01:00 UTC));
+        let plain = driver(2);
+        let b = Batch::new(
+            "violation".into(),
+            "ts".into(),
+            vec![own, plain.clone()],
+            Schedule::default(),
+        )
+        .expect("batch");
+        let planned = create(MockBatchRepository::new())
+            .plan(&b, NOW)
+            .expect("plan");
+        let (r1, r2) = (&planned.recipients[0], &planned.recipients[1]);
+        assert_eq!(r1.rules.time_zone.name(), "America/Chicago", "the driver's");
+        assert_eq!(r2.rules.time_zone.name(), "America/New_York", "the default");
+        assert_eq!(r1.rules.window.to_string(), "08:00-20:00");
+        assert_eq!(r1.rules.redial_delays.as_secs(), [60]);
+        // 2024-06-02 01:00 UTC is 20:00 CDT on the 1st (the end): next morning 08:00 CDT.
+        assert_eq!(r1.first_due, datetime!(2024-06-02 13:00 UTC));
+        assert_eq!(r2.first_due, NOW, "11:00 EDT is inside");
+        assert_eq!(r1.rules.expires_at, r1.first_due + time::Duration::hours(1));
+        assert_eq!(r1.driver.call_sid.as_str(), "EL_1_ts");
+
+        let scheduled = Batch::new(
+            "violation".into(),
+            "ts".into(),
+            vec![plain],
+            Schedule {
+                time_zone: Some(tz("Europe/Berlin")),
+                window: Some(CallWindow::Any),
+                not_before: None,
+                redial_delays: Some(RedialDelays::new(vec![]).expect("none")),
+            },
+        )
+        .expect("batch");
+        let planned = create(MockBatchRepository::new())
+            .plan(&scheduled, NOW)
+            .expect("plan");
+        let r = &planned.recipients[0];
+        assert_eq!(r.rules.time_zone.name(), "Europe/Berlin", "the schedule's");
+        assert_eq!(r.rules.window, CallWindow::Any, "any overrides CALL_WINDOW");
+        assert!(r.rules.redial_delays.as_secs().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_not_before_more_than_400_days_ahead_is_refused_before_anything_is_written() {
+        let mut repo = MockBatchRepository::new();
+        repo.expect_create_batch().times(0);
+        let use_case = create(repo);
+        let limit = NOW + time::Duration::days(400);
+        let mut far = driver(1);
+        far.not_before = Some(limit + time::Duration::SECOND);
+        let b = Batch::new(
+            "v".into(),
+            "ts".into(),
+            vec![driver(0), far],
+            Schedule::default(),
+        )
+        .expect("batch");
+        assert!(matches!(
+            use_case.execute(&b, NOW).await,
+            Err(CreateBatchError::NotBeforeTooFar { driver: Some(1) })
+        ));
+        let b = Batch::new(
+            "v".into(),
+            "ts".into(),
+            vec![driver(0)],
+            Schedule {
+                not_before: Some(limit + time::Duration::SECOND),
+                ..Schedule::default()
+            },
+        )
+        .expect("batch");
+        assert!(matches!(
+            use_case.plan(&b, NOW),
+            Err(CreateBatchError::NotBeforeTooFar { driver: None })
+        ));
+        let mut edge = driver(1);
+        edge.not_before = Some(limit);
+        let b =
+            Batch::new("v".into(), "ts".into(), vec![edge], Schedule::default()).expect("batch");
+        assert!(use_case.plan(&b, NOW).is_ok(), "exactly 400 days is fine");
+    }
+
+    #[tokio::test]
+    async fn create_writes_once_and_a_taken_call_sid_is_already_exists() {
+        let b = Batch::new(
+            "v".into(),
+            "ts".into(),
+            vec![driver(1)],
+            Schedule::default(),
+        )
+        .expect("batch");
+        let mut repo = MockBatchRepository::new();
+        repo.expect_create_batch()
+            .times(1)
+            .withf(|n| n.recipients.len() == 1 && n.created_at == NOW)
+            .returning(|n| Ok(view(n)));
+        assert!(create(repo).execute(&b, NOW).await.is_ok());
+
+        let mut repo = MockBatchRepository::new();
+        repo.expect_create_batch()
+            .returning(|_| Err(RepositoryError::Conflict("EL_1_ts".into())));
+        assert!(matches!(
+            create(repo).execute(&b, NOW).await,
+            Err(CreateBatchError::AlreadyExists(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn read_and_cancel_pass_through_and_unknown_is_none() {
+        let id = BatchId::generate();
+        let mut repo = MockBatchRepository::new();
+        repo.expect_get_batch().returning(|_| Ok(None));
+        repo.expect_cancel_batch()
+            .withf(move |b, at| *b == id && *at == NOW)
+            .returning(|_, _| Ok(None));
+        repo.expect_list_batches()
+            .returning(|_| Err(RepositoryError::Unavailable("down".into())));
+        let repo: Arc<dyn BatchRepository> = Arc::new(repo);
+        assert_eq!(
+            ReadBatches::new(repo.clone()).get(&id).await.ok(),
+            Some(None)
+        );
+        assert!(matches!(
+            ReadBatches::new(repo.clone())
+                .list(&BatchListQuery::default())
+                .await,
+            Err(StoreFailure::Unavailable(_))
+        ));
+        assert_eq!(
+            CancelBatch::new(repo).execute(&id, NOW).await.ok(),
+            Some(None)
+        );
+    }
+
+    fn rules(window: CallWindow, expires_in: time::Duration) -> DialRules {
+        DialRules {
+            time_zone: TimeZone::utc(),
+            window,
+            redial_delays: RedialDelays::new(vec![600]).expect("delays"),
+            expires_at: OffsetDateTime::now_utc() + expires_in,
+        }
+    }
+
+    fn claimed(call_written: bool, rules: DialRules) -> ClaimedAttempt {
+        ClaimedAttempt {
+            recipient_id: 7,
+            batch_id: BatchId::generate(),
+            attempt: 2,
+            driver: DriverCall {
+                call_sid: CallSid::parse("EL_1_ts#2").expect("sid"),
+                driver_id: 1,
+                driver_name: "Driver 1".into(),
+                phone_number: PhoneNumber::parse("+15551234567").expect("phone"),
+                custom_rules: String::new(),
+                trip_id: "trip".into(),
+                violations: Vec::new(),
+            },
+            rules,
+            due_at: NOW,
+            call_written,
+        }
+    }
+
+    fn any_rules() -> DialRules {
+        rules(CallWindow::Any, time::Duration::days(1))
+    }
+
+    fn context() -> CallContext {
+        CallContext {
+            dispatcher_name: "AGY Dispatcher".into(),
+            transfer_to_number: "+18005551234".into(),
+        }
+    }
+
+    fn dialer(
+        repo: MockBatchRepository,
+        telephony: MockTelephony,
+        predial: Option<MockPredialCheck>,
+    ) -> Dialer {
+        Dialer::new(
+            Arc::new(repo),
+            Arc::new(telephony),
+            predial.map(|p| Arc::new(p) as Arc<dyn PredialCheck>),
+            context(),
+        )
+    }
+
+    fn placed() -> Result<PlacedCall, TelephonyError> {
+        Ok(PlacedCall {
+            conversation_id: ConversationId::parse("conv_1").expect("conv"),
+            provider_call_id: Some("CA1".into()),
+        })
+    }
+
+    #[tokio::test]
+    async fn without_a_predial_check_the_claim_writes_the_calls_and_with_one_it_holds() {
+        let mut repo = MockBatchRepository::new();
+        repo.expect_claim_due()
+            .withf(|r| r.write_calls && r.batch_id.is_none() && r.limit == 8 && r.now == NOW)
+            .times(1)
+            .returning(|_| Ok(Vec::new()));
+        let d = dialer(repo, MockTelephony::new(), None);
+        assert!(d.claim(NOW, 8).await.expect("claim").is_empty());
+
+        let id = BatchId::generate();
+        let mut repo = MockBatchRepository::new();
+        repo.expect_claim_due()
+            .withf(move |r| !r.write_calls && r.batch_id == Some(id))
+            .times(1)
+            .returning(|_| Ok(Vec::new()));
+        let d = dialer(repo, MockTelephony::new(), Some(MockPredialCheck::new()));
+        assert!(d.claim_batch(&id, NOW, 8).await.expect("claim").is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_written_claim_is_dialed_once_and_its_conversation_recorded() {
+        let mut repo = MockBatchRepository::new();
+        repo.expect_start_attempt().times(0);
+        repo.expect_record_placed()
+            .withf(|c, conv| c.attempt == 2 && conv.as_str() == "conv_1")
+            .times(1)
+            .returning(|_, _| Ok(RecipientState::InCall));
+        let mut telephony = MockTelephony::new();
+        telephony
+            .expect_place_call()
+            .withf(|call| {
+                call.call_sid.as_str() == "EL_1_ts#2"
+                    && call.dynamic_variables.get("call_sid").map(String::as_str)
+                        == Some("EL_1_ts#2")
+            })
+            .times(1)
+            .returning(|_| placed());
+        let outcome = dialer(repo, telephony, None)
+            .dial(&claimed(true, any_rules()))
+            .await;
+        assert_eq!(
+            outcome,
+            DialOutcome::Placed {
+                conversation_id: ConversationId::parse("conv_1").expect("conv"),
+                provider_call_id: Some("CA1".into()),
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn failures_are_classified_and_recorded_with_the_settled_state() {
+        let cases = [
+            (
+                TelephonyError::Rejected {
+                    status: 400,
+                    detail: "bad number".into(),
+                },
+                false,
+            ),
+            (
+                TelephonyError::Rejected {
+                    status: 404,
+                    detail: "no agent".into(),
+                },
+                false,
+            ),
+            (TelephonyError::Unauthorized { status: 401 }, false),
+            (
+                TelephonyError::Rejected {
+                    status: 408,
+                    detail: "timeout".into(),
+                },
+                true,
+            ),
+            (
+                TelephonyError::RateLimited {
+                    detail: "slow down".into(),
+                },
+                true,
+            ),
+            (TelephonyError::ServerError { status: 503 }, true),
+            (
+                TelephonyError::NotPlaced {
+                    message: "busy".into(),
+                },
+                true,
+            ),
+            (TelephonyError::MissingConversationId, true),
+            (TelephonyError::Timeout(Duration::from_secs(30)), true),
+            (TelephonyError::Unreachable("refused".into()), true),
+        ];
+        for (error, redialable) in cases {
+            assert_eq!(error.is_redialable(), redialable, "{error}");
+            let expected_reason = error.to_string();
+            let mut repo = MockBatchRepository::new();
+            let reason = expected_reason.clone();
+            repo.expect_record_dial_failure()
+                .withf(move |c, r, re, _| c.attempt == 2 && r == reason && *re == redialable)
+                .times(1)
+                .returning(move |_, _, re, _| {
+                    Ok(if re {
+                        RecipientState::Scheduled
+                    } else {
+                        RecipientState::Failed
+                    })
+                });
+            repo.expect_record_placed().times(0);
+            let mut telephony = MockTelephony::new();
+            let e = error.clone();
+            telephony
+                .expect_place_call()
+                .times(1)
+                .returning(move |_| Err(e.clone()));
+            let outcome = dialer(repo, telephony, None)
+                .dial(&claimed(true, any_rules()))
+                .await;
+            assert_eq!(
+                outcome,
+                DialOutcome::Failed {
+                    reason: expected_reason,
+                    redialable,
+                    state: if redialable {
+                        RecipientState::Scheduled
+                    } else {
+                        RecipientState::Failed
+                    },
+                },
+                "{error}"
+            );
+        }
+    }
+
+    /// A window starting two hours from now (UTC), an hour long.
+    fn window_in_two_hours() -> (CallWindow, WallTime) {
+        let start = OffsetDateTime::now_utc() + time::Duration::hours(2);
+        let end = start + time::Duration::hours(1);
+        let wt = |t: OffsetDateTime| WallTime::new(t.hour(), t.minute()).expect("wall time");
+        (
+            CallWindow::Between {
+                start: wt(start),
+                end: wt(end),
+            },
+            wt(start),
+        )
+    }
+
+    #[tokio::test]
+    async fn not_eligible_is_due_again_after_retry_after_inside_the_window_with_no_attempt_used() {
+        let (window, start) = window_in_two_hours();
+        let mut predial = MockPredialCheck::new();
+        predial
+            .expect_check()
+            .withf(|r| r.attempt == 2 && r.driver_id == 1 && r.call_sid.as_str() == "EL_1_ts#2")
+            .times(1)
+            .returning(|_| PredialAnswer::NotEligible {
+                retry_after: Duration::from_secs(900),
+            });
+        let mut repo = MockBatchRepository::new();
+        repo.expect_record_check()
+            .withf(move |_, check, next| {
+                let Some(Due::At(at)) = next else {
+                    return false;
+                };
+                check.result == CheckResult::NotEligible
+                    && check.detail.is_none()
+                    && *at >= check.at + time::Duration::seconds(900)
+                    && (at.hour(), at.minute(), at.second()) == start_hms(start)
+            })
+            .times(1)
+            .returning(|_, _, _| Ok(RecipientState::Scheduled));
+        repo.expect_start_attempt().times(0);
+        let mut telephony = MockTelephony::new();
+        telephony.expect_place_call().times(0);
+        let outcome = dialer(repo, telephony, Some(predial))
+            .dial(&claimed(false, rules(window, time::Duration::days(1))))
+            .await;
+        assert!(matches!(
+            outcome,
+            DialOutcome::NotDialed {
+                check: CheckResult::NotEligible,
+                next: Due::At(_)
+            }
+        ));
+    }
+
+    fn start_hms(start: WallTime) -> (u8, u8, u8) {
+        let text = start.to_string();
+        let (h, m) = text.split_once(':').expect("HH:MM");
+        (h.parse().expect("h"), m.parse().expect("m"), 0)
+    }
+
+    #[tokio::test]
+    async fn a_failed_check_fails_closed_and_is_asked_again_after_a_minute() {
+        let mut predial = MockPredialCheck::new();
+        predial.expect_check().returning(|_| PredialAnswer::Failed {
+            detail: "HTTP 500 from +15551234567".into(),
+        });
+        let mut repo = MockBatchRepository::new();
+        repo.expect_record_check()
+            .withf(|_, check, next| {
+                check.result == CheckResult::Failed
+                    && check
+                        .detail
+                        .as_deref()
+                        .is_some_and(|d| !d.contains("5551234567"))
+                    && *next == Some(Due::At(check.at + time::Duration::seconds(60)))
+            })
+            .times(1)
+            .returning(|_, _, _| Ok(RecipientState::Scheduled));
+        let mut telephony = MockTelephony::new();
+        telephony.expect_place_call().times(0);
+        let outcome = dialer(repo, telephony, Some(predial))
+            .dial(&claimed(false, any_rules()))
+            .await;
+        assert!(matches!(
+            outcome,
+            DialOutcome::NotDialed {
+                check: CheckResult::Failed,
+                ..
+            }
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_check_that_would_wait_past_the_expiry_expires_the_recipient() {
+        let mut predial = MockPredialCheck::new();
+        predial
+            .expect_check()
+            .returning(|_| PredialAnswer::NotEligible {
+                retry_after: Duration::from_secs(7200),
+            });
+        let mut repo = MockBatchRepository::new();
+        repo.expect_record_check()
+            .withf(|_, _, next| *next == Some(Due::Expired))
+            .times(1)
+            .returning(|_, _, _| Ok(RecipientState::Failed));
+        let mut telephony = MockTelephony::new();
+        telephony.expect_place_call().times(0);
+        let outcome = dialer(repo, telephony, Some(predial))
+            .dial(&claimed(
+                false,
+                rules(CallWindow::Any, time::Duration::hours(1)),
+            ))
+            .await;
+        assert!(matches!(
+            outcome,
+            DialOutcome::NotDialed {
+                next: Due::Expired,
+                ..
+            }
+        ));
+    }
+
+    #[tokio::test]
+    async fn eligible_writes_the_call_then_dials() {
+        let mut predial = MockPredialCheck::new();
+        predial
+            .expect_check()
+            .returning(|_| PredialAnswer::Eligible);
+        let mut seq = mockall::Sequence::new();
+        let mut repo = MockBatchRepository::new();
+        repo.expect_record_check()
+            .withf(|_, check, next| check.result == CheckResult::Eligible && next.is_none())
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _, _| Ok(RecipientState::Dialing));
+        repo.expect_start_attempt()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _| Ok(true));
+        let mut telephony = MockTelephony::new();
+        telephony
+            .expect_place_call()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_| placed());
+        repo.expect_record_placed()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _| Ok(RecipientState::InCall));
+        let outcome = dialer(repo, telephony, Some(predial))
+            .dial(&claimed(false, any_rules()))
+            .await;
+        assert!(matches!(outcome, DialOutcome::Placed { .. }));
+    }
+
+    #[tokio::test]
+    async fn a_claim_cancelled_during_the_check_is_not_dialed() {
+        let mut predial = MockPredialCheck::new();
+        predial
+            .expect_check()
+            .returning(|_| PredialAnswer::Eligible);
+        let mut repo = MockBatchRepository::new();
+        repo.expect_record_check()
+            .returning(|_, _, _| Ok(RecipientState::Dialing));
+        repo.expect_start_attempt().returning(|_, _| Ok(false));
+        let mut telephony = MockTelephony::new();
+        telephony.expect_place_call().times(0);
+        let outcome = dialer(repo, telephony, Some(predial))
+            .dial(&claimed(false, any_rules()))
+            .await;
+        assert_eq!(outcome, DialOutcome::Abandoned);
+    }
+
+    #[tokio::test]
+    async fn no_dial_when_the_attempt_cannot_be_recorded() {
+        let mut repo = MockBatchRepository::new();
+        repo.expect_start_attempt()
+            .returning(|_, _| Err(RepositoryError::Unavailable("down".into())));
+        let mut telephony = MockTelephony::new();
+        telephony.expect_place_call().times(0);
+        let mut predial = MockPredialCheck::new();
+        predial
+            .expect_check()
+            .returning(|_| PredialAnswer::Eligible);
+        repo.expect_record_check()
+            .returning(|_, _, _| Ok(RecipientState::Dialing));
+        let outcome = dialer(repo, telephony, Some(predial))
+            .dial(&claimed(false, any_rules()))
+            .await;
+        assert!(matches!(outcome, DialOutcome::StoreFailed { .. }));
+    }
+
+    #[tokio::test]
+    async fn a_placed_call_that_cannot_be_recorded_is_still_placed() {
+        let mut repo = MockBatchRepository::new();
+        repo.expect_record_placed()
+            .returning(|_, _| Err(RepositoryError::Unavailable("down".into())));
+        let mut telephony = MockTelephony::new();
+        telephony
+            .expect_place_call()
+            .times(1)
+            .returning(|_| placed());
+        let outcome = dialer(repo, telephony, None)
+            .dial(&claimed(true, any_rules()))
+            .await;
+        assert!(matches!(outcome, DialOutcome::Placed { .. }));
+    }
+
+    #[tokio::test]
+    async fn the_sweep_releases_claims_older_than_the_stale_claim_age() {
+        let mut repo = MockBatchRepository::new();
+        repo.expect_sweep()
+            .withf(|now, cutoff| *now == NOW && *cutoff == NOW - time::Duration::seconds(300))
+            .times(1)
+            .returning(|_, _| Ok(SweepOutcome::default()));
+        let d = dialer(repo, MockTelephony::new(), None);
+        assert_eq!(d.sweep(NOW).await.expect("sweep"), SweepOutcome::default());
     }
 }

@@ -353,6 +353,67 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn with_batches_the_recipient_is_settled_before_the_answer_also_on_a_repeat() {
+        for (status, changed) in [
+            (CallStatus::Completed, true),
+            (CallStatus::Completed, false),
+        ] {
+            let mut repo = MockCallRepository::new();
+            repo.expect_get_by_conversation_id()
+                .returning(|_| Ok(Some(call(CallStatus::InProgress, Some("conv_1")))));
+            repo.expect_finish_call()
+                .returning(move |_, _| Ok(finished(status, changed, 0)));
+            let mut batches = crate::ports::MockBatchRepository::new();
+            batches
+                .expect_settle_call()
+                .withf(|sid, redialable, _| sid.as_str() == "EL_1_x" && *redialable)
+                .times(1)
+                .returning(|_, _, _| Ok(Some(crate::models::RecipientState::Completed)));
+            ApplyPostCall::new(Arc::new(repo))
+                .with_batches(Arc::new(batches))
+                .execute(&PostCallEvent::Transcription(report(None)))
+                .await
+                .expect("ok");
+        }
+    }
+
+    #[tokio::test]
+    async fn with_batches_an_unknown_call_settles_nothing_and_a_settle_failure_is_an_error() {
+        let mut repo = MockCallRepository::new();
+        repo.expect_get_by_conversation_id().returning(|_| Ok(None));
+        let mut batches = crate::ports::MockBatchRepository::new();
+        batches.expect_settle_call().times(0);
+        let outcome = ApplyPostCall::new(Arc::new(repo))
+            .with_batches(Arc::new(batches))
+            .execute(&PostCallEvent::Transcription(report(None)))
+            .await
+            .expect("ok");
+        assert_eq!(outcome, PostCallOutcome::UnknownCall);
+
+        let mut repo = MockCallRepository::new();
+        repo.expect_get_by_conversation_id()
+            .returning(|_| Ok(Some(call(CallStatus::InProgress, Some("conv_1")))));
+        repo.expect_finish_call()
+            .returning(|_, _| Ok(finished(CallStatus::Failed, true, 0)));
+        let mut batches = crate::ports::MockBatchRepository::new();
+        batches
+            .expect_settle_call()
+            .returning(|_, _, _| Err(RepositoryError::Unavailable("down".into())));
+        let failed = ApplyPostCall::new(Arc::new(repo))
+            .with_batches(Arc::new(batches))
+            .execute(&PostCallEvent::InitiationFailure {
+                conversation_id: Some(ConversationId::parse("conv_1").expect("conv")),
+                call_sid: None,
+                failure_reason: "busy".into(),
+            })
+            .await;
+        assert!(
+            matches!(failed, Err(PostCallError::Unavailable(_))),
+            "{failed:?}"
+        );
+    }
+
+    #[tokio::test]
     async fn a_call_without_conversation_id_is_found_by_call_sid_and_linked_in_the_finish() {
         let mut repo = found_by_call_sid(call(CallStatus::Failed, None));
         repo.expect_finish_call()

@@ -537,6 +537,24 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn with_batches_a_stale_attempt_failed_by_the_repair_is_settled_for_its_redial() {
+        let mut repo = repo_with(vec![call("EL_7_g#2", None)]);
+        repo.expect_finish_call().times(1).returning(finish_answer);
+        let mut telephony = MockTelephony::new();
+        telephony.expect_fetch_conversation().times(0);
+        let mut batches = crate::ports::MockBatchRepository::new();
+        batches
+            .expect_settle_call()
+            .withf(|sid, redialable, _| sid.as_str() == "EL_7_g#2" && *redialable)
+            .times(1)
+            .returning(|_, _, _| Ok(Some(crate::models::RecipientState::Scheduled)));
+
+        let lines = run(&reconciler(repo, telephony).with_batches(Arc::new(batches))).await;
+
+        assert_eq!(lines.len(), 1);
+    }
+
+    #[tokio::test]
     async fn a_call_without_conversation_id_fails_without_asking_the_provider() {
         let mut repo = repo_with(vec![call("EL_7_g", None)]);
         repo.expect_finish_call()

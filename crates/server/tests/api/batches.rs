@@ -11,7 +11,8 @@ use time::format_description::well_known::Rfc3339;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
-use calls_server::config::{PredialSettings, Secret, Settings};
+use calls_server::config::{PredialSettings, Settings};
+use secrecy::SecretString;
 
 use crate::helpers::{
     API_TOKEN, TestApp, assert_envelope, now, sign, spawn_app_with, start_instance,
@@ -873,7 +874,7 @@ async fn predial_app(answer: ResponseTemplate) -> (TestApp, MockServer) {
         dialing(s);
         s.predial = Some(PredialSettings {
             url,
-            token: Some(Secret::new("predial-secret")),
+            token: Some(SecretString::from("predial-secret")),
             timeout: Duration::from_millis(300),
         });
     })
