@@ -9,6 +9,7 @@ use calls_store_postgres::{DbConfig, SchemaName};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::cli::{DbArgs, ServeArgs, TelephonyKind};
+use crate::limits::LimitSettings;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -58,6 +59,7 @@ pub struct Settings {
     pub dialer_poll: Option<Duration>,
     /// `PREDIAL_URL` and friends; `None`: no pre-dial check.
     pub predial: Option<PredialSettings>,
+    pub limits: LimitSettings,
 }
 
 /// The dispatcher system's pre-dial check.
@@ -214,6 +216,13 @@ impl Settings {
                 token: non_empty(args.predial_token.as_ref()).map(SecretString::from),
                 timeout: Duration::from_millis(args.predial_timeout_ms),
             }),
+            limits: LimitSettings {
+                body_memory_budget: args.body_memory_budget_bytes as usize,
+                max_connections: args.max_connections as usize,
+                max_in_flight: args.max_in_flight_requests as usize,
+                max_waiting_per_call: args.max_waiting_per_call as usize,
+                ..LimitSettings::default()
+            },
         })
     }
 }

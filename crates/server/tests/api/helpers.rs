@@ -62,6 +62,7 @@ pub fn settings_for(database: DbConfig, elevenlabs_uri: &str) -> Settings {
         // Batch tests turn the dialer on (short polls); elsewhere it would only add noise.
         dialer_poll: None,
         predial: None,
+        limits: calls_server::limits::LimitSettings::default(),
     }
 }
 
