@@ -1,9 +1,11 @@
 use actix_web::{HttpResponse, web};
+use calls_domain::models::RecipientState;
 
 use crate::metrics::StateLabel;
 use crate::state::AppState;
 
-/// Prometheus text format: HTTP, webhook outcomes, calls placed, ElevenLabs latency, pool, retries.
+/// Prometheus text format: HTTP, webhook outcomes, calls placed, ElevenLabs latency, pool,
+/// retries, batch attempts, recipients by state, pre-dial checks, dialer lag.
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Prometheus text exposition format", content_type = "application/openmetrics-text")))]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
@@ -27,6 +29,23 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     if let Some(retries) = &state.db_retries {
         m.db_retries
             .inc_by(retries.get().saturating_sub(m.db_retries.get()));
+    }
+    // Recipients by state, all batches: one grouped count (the gauge is what the database
+    // says, whichever instance is scraped). A database that does not answer leaves the last
+    // values in place; the scrape itself still succeeds.
+    match state.read_batches.recipient_counts().await {
+        Ok(counts) => {
+            for recipient_state in RecipientState::ALL {
+                m.batch_recipients
+                    .get_or_create(&StateLabel {
+                        state: recipient_state.as_str(),
+                    })
+                    .set(i64::try_from(counts.get(recipient_state)).unwrap_or(i64::MAX));
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error.message = %e, "could not count batch recipients for /metrics")
+        }
     }
     HttpResponse::Ok()
         .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")

@@ -555,6 +555,14 @@ async fn the_dialer_dials_due_recipients_after_writing_their_calls() {
         "{metrics}"
     );
     assert!(metrics.contains("dialer_lag_seconds_count 2"), "{metrics}");
+    assert!(
+        metrics.contains("batch_recipients{state=\"in_call\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("batch_recipients{state=\"scheduled\"} 0"),
+        "{metrics}"
+    );
 }
 
 /// "An attempt's Call becomes failed: if the failure is re-dialable and attempts remain,
