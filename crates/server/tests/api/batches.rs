@@ -1370,3 +1370,83 @@ async fn three_instances_dial_each_attempt_of_one_batch_exactly_once() {
         i64::try_from(expected).unwrap_or(0)
     );
 }
+
+/// "Failed first attempts are re-dialed later by the policy below, like any other." (the
+/// batch-call endpoint)
+#[tokio::test]
+async fn a_first_attempt_that_failed_in_the_batch_call_endpoint_is_re_dialed_later() {
+    let app = spawn_app_with(dialing).await;
+    Mock::given(method("POST"))
+        .and(path(OUTBOUND))
+        .respond_with(ByAttempt(vec![
+            Answer::With(ResponseTemplate::new(503)),
+            Answer::Placed,
+        ]))
+        .mount(&app.elevenlabs)
+        .await;
+    let body = with_schedule(
+        batch("1732185000", vec![driver(1, "+15551230001")]),
+        json!({"redialDelaysSecs": [1]}),
+    );
+
+    let response = app.post_json("/driver_data/call-elevenlabs", &body).await;
+
+    assert_eq!(response.status().as_u16(), 502);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["calls"][0]["status"], "failed");
+    let id = body["batch_id"].as_str().expect("batch_id").to_owned();
+    let view = app
+        .wait_for(&id, Duration::from_secs(10), |v| {
+            state_of(v, 1) == "in_call"
+        })
+        .await;
+    assert_eq!(
+        recipient(&view, 1)["attempts"][1]["call_sid"],
+        "EL_1_1732185000#2"
+    );
+    assert_eq!(
+        dialed(&app.elevenlabs).await,
+        ["EL_1_1732185000", "EL_1_1732185000#2"]
+    );
+}
+
+/// "Everything below is durable in PostgreSQL: a restart … loses no recipient": a batch
+/// recorded by one process (its dialer off, as if it stopped right after answering) is
+/// dialed by another process started later on the same database.
+#[tokio::test]
+async fn a_batch_recorded_before_a_restart_is_dialed_by_the_next_process() {
+    let app = spawn_app_with(|_| {}).await;
+    Mock::given(method("POST"))
+        .and(path(OUTBOUND))
+        .respond_with(FreshConversation)
+        .mount(&app.elevenlabs)
+        .await;
+    let mut soon = driver(2, "+15551230002");
+    soon["notBefore"] = json!(rfc3339(
+        OffsetDateTime::now_utc() + time::Duration::seconds(1)
+    ));
+    let id = app
+        .post_json(
+            "/batches",
+            &batch("1732185100", vec![driver(1, "+15551230001"), soon]),
+        )
+        .await
+        .json::<Value>()
+        .await
+        .expect("json")["batch_id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(dialed(&app.elevenlabs).await.is_empty());
+
+    start_instance(app.db.config(), &app.elevenlabs.uri(), dialing).await;
+
+    app.wait_for(&id, Duration::from_secs(10), |v| {
+        v["counts"]["in_call"] == 2
+    })
+    .await;
+    let mut sids = dialed(&app.elevenlabs).await;
+    sids.sort();
+    assert_eq!(sids, ["EL_1_1732185100", "EL_2_1732185100"]);
+}
