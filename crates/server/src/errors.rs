@@ -277,9 +277,7 @@ fn already_exists(detail: &str) -> ApiError {
         StatusCode::CONFLICT,
         ErrorKind::Conflict,
         "Call already exists",
-        format!(
-            "call_sid already exists (a retried request?); nothing was written and nobody was dialed: {detail}"
-        ),
+        format!("{detail} (a retried request?); nothing was written and nobody was dialed"),
     )
 }
 

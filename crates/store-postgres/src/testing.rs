@@ -205,6 +205,7 @@ impl Drop for TestDatabase {
             "DROP SCHEMA IF EXISTS {} CASCADE",
             self.config.schema.quoted()
         );
+        let application_name = crate::application_name(self.schema());
         // Drop cannot be async: use a thread with its own runtime, and don't panic here.
         let _ = std::thread::spawn(move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread()
@@ -215,6 +216,16 @@ impl Drop for TestDatabase {
             };
             rt.block_on(async {
                 if let Ok(mut conn) = AsyncPgConnection::establish(&url).await {
+                    // A server still running in the test's runtime (a dialer mid-claim) may
+                    // hold locks, and that runtime is blocked on this thread: end its
+                    // sessions first, or the DROP would wait for them forever.
+                    let _ = diesel::sql_query(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                         WHERE application_name = $1 AND pid <> pg_backend_pid()",
+                    )
+                    .bind::<Text, _>(application_name)
+                    .execute(&mut conn)
+                    .await;
                     let _ = conn.batch_execute(&sql).await;
                 }
             });
