@@ -794,6 +794,32 @@ mod tests {
     }
 
     #[test]
+    fn the_demo_batch_has_a_busy_once_driver_and_one_outside_its_window() {
+        let now = time::macros::datetime!(2024-11-21 23:30 UTC);
+        let body = demo_batch_body("t", now, 2);
+        assert!(
+            body["drivers"][0]["phoneNumber"]
+                .as_str()
+                .is_some_and(|p| p.ends_with("0001"))
+        );
+        assert_eq!(body["drivers"][1]["timeZone"], "Asia/Tokyo");
+        // Two hours around 23:30 UTC, crossing midnight; Tokyo is at 08:30 then.
+        assert_eq!(body["schedule"]["window"], "22:30-00:30");
+        assert_eq!(body["schedule"]["redialDelaysSecs"], json!([2]));
+        let good = json!({"drivers": [
+            {"state": "completed", "attempts": [{"status": "failed", "failure_reason": "busy"}, {"status": "completed"}]},
+            {"state": "scheduled", "next_attempt_at": "2024-11-22T13:30:00Z", "attempts": []}
+        ]});
+        assert!(check_demo_batch(&good).is_ok());
+        let mut no_redial = good.clone();
+        no_redial["drivers"][0]["attempts"] = json!([{"status": "completed"}]);
+        assert!(check_demo_batch(&no_redial).is_err());
+        let mut dialed = good;
+        dialed["drivers"][1]["state"] = json!("in_call");
+        assert!(check_demo_batch(&dialed).is_err());
+    }
+
+    #[test]
     fn formats_turns_as_a_conversation() {
         let turn = |json: &str| {
             serde_json::from_str::<Turn>(json)
