@@ -693,6 +693,53 @@ async fn apply_settlement(
     Ok(())
 }
 
+/// Gives back claims whose holder died before writing the attempt's Call.
+async fn release_dead_holds(
+    conn: &mut AsyncPgConnection,
+    now: OffsetDateTime,
+    cutoff: OffsetDateTime,
+) -> Result<u64, DbError> {
+    let rows: Vec<RecipientRow> = diesel::sql_query(
+        "SELECT * FROM batch_recipients WHERE state = 'dialing' AND held_since < $1 \
+         LIMIT $2 FOR UPDATE SKIP LOCKED",
+    )
+    .bind::<Timestamptz, _>(cutoff)
+    .bind::<BigInt, _>(SWEEP_LIMIT)
+    .load(conn)
+    .await?;
+    for row in &rows {
+        let cancelled: Option<OffsetDateTime> = batches::table
+            .find(row.batch_id)
+            .select(batches::cancelled_at)
+            .first(conn)
+            .await?;
+        let (state, next, reason) = if cancelled.is_some() {
+            (
+                RecipientState::Cancelled,
+                None,
+                row.failure_reason.as_deref(),
+            )
+        } else {
+            match row.rules()?.due_from(now) {
+                Due::At(at) => (RecipientState::Scheduled, Some(micros(at)), None),
+                Due::Expired => (RecipientState::Failed, None, Some(EXPIRED)),
+            }
+        };
+        diesel::update(batch_recipients::table.find(row.id))
+            .set((
+                batch_recipients::state.eq(state.as_str()),
+                batch_recipients::attempt.eq(row.attempt - 1),
+                batch_recipients::held_since.eq(None::<OffsetDateTime>),
+                batch_recipients::next_attempt_at.eq(next),
+                batch_recipients::failure_reason.eq(reason),
+                batch_recipients::updated_at.eq(now),
+            ))
+            .execute(conn)
+            .await?;
+    }
+    Ok(rows.len() as u64)
+}
+
 async fn current_state(conn: &mut AsyncPgConnection, id: i64) -> Result<RecipientState, DbError> {
     let state: String = batch_recipients::table
         .find(id)
@@ -1163,24 +1210,11 @@ impl BatchRepository for PgBatchRepository {
                 .load(&mut conn)
                 .await?;
                 out.expired = expired.len() as u64;
-                // Claims whose holder died before writing the Call: nobody was dialed.
-                let released: Vec<IdRow> = diesel::sql_query(
-                    "UPDATE batch_recipients r SET attempt = r.attempt - 1, held_since = NULL, \
-                         updated_at = $1, \
-                         state = CASE WHEN b.cancelled_at IS NULL THEN 'scheduled' ELSE 'cancelled' END, \
-                         next_attempt_at = CASE WHEN b.cancelled_at IS NULL THEN $1 END \
-                     FROM batches b \
-                     WHERE b.id = r.batch_id AND r.id IN (SELECT id FROM batch_recipients \
-                         WHERE state = 'dialing' AND held_since < $2 \
-                         LIMIT $3 FOR UPDATE SKIP LOCKED) \
-                     RETURNING r.id",
-                )
-                .bind::<Timestamptz, _>(now)
-                .bind::<Timestamptz, _>(cutoff)
-                .bind::<BigInt, _>(SWEEP_LIMIT)
-                .load(&mut conn)
-                .await?;
-                out.released = released.len() as u64;
+                // Claims whose holder died before writing the Call: nobody was dialed, so
+                // the same attempt is due again, by the rule (the window may have closed).
+                out.released = conn
+                    .transaction(async |conn| release_dead_holds(conn, now, cutoff).await)
+                    .await?;
                 // Attempts under way whose Call ended without the recipient being settled
                 // (a crash between the two), or an earlier attempt that completed. (A
                 // scheduled recipient with a completed attempt is settled by the claim.)

@@ -1144,3 +1144,37 @@ async fn the_stale_call_repair_settles_an_attempt_whose_instance_died_mid_reques
         "the next attempt, never the same one twice"
     );
 }
+
+#[tokio::test]
+async fn a_released_hold_waits_for_the_next_opening_of_its_window() {
+    let db = TestDatabase::new().await;
+    let repo = db.batch_repository();
+    let schedule = Schedule {
+        time_zone: Some(TimeZone::utc()),
+        window: Some(CallWindow::parse("14:00-15:05").expect("window")),
+        ..Schedule::default()
+    };
+    let view = create(&repo, &batch([1], schedule), NOW)
+        .await
+        .expect("created");
+    let hold = ClaimRequest {
+        write_calls: false,
+        ..claim_request(NOW, 10)
+    };
+    assert_eq!(repo.claim_due(&hold).await.expect("claim").len(), 1);
+    // The holder died; by the time the sweep gives the claim back the window has closed.
+    let later = NOW + time::Duration::minutes(10);
+    let swept = repo.sweep(later, later).await.expect("sweep");
+    assert_eq!(swept.released, 1);
+    let read = repo
+        .get_batch(&view.batch_id)
+        .await
+        .expect("get")
+        .expect("batch");
+    assert_eq!(read.drivers[0].state, RecipientState::Scheduled);
+    assert_eq!(
+        read.drivers[0].next_attempt_at,
+        Some(datetime!(2024-06-02 14:00 UTC)),
+        "the next opening, not now"
+    );
+}
