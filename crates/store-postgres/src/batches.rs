@@ -538,6 +538,33 @@ async fn write_attempt_calls(
     Ok(written)
 }
 
+/// Undoes a claim that must not be dialed now: the same attempt is due at `next`, or the
+/// recipient fails (`expired`).
+async fn unclaim(
+    conn: &mut AsyncPgConnection,
+    id: i64,
+    claimed_attempt: i32,
+    next: Due,
+    now: OffsetDateTime,
+) -> Result<(), DbError> {
+    let (state, at, reason) = match next {
+        Due::At(at) => (RecipientState::Scheduled, Some(micros(at)), None),
+        Due::Expired => (RecipientState::Failed, None, Some(EXPIRED)),
+    };
+    diesel::update(batch_recipients::table.find(id))
+        .set((
+            batch_recipients::state.eq(state.as_str()),
+            batch_recipients::attempt.eq(claimed_attempt - 1),
+            batch_recipients::held_since.eq(None::<OffsetDateTime>),
+            batch_recipients::next_attempt_at.eq(at),
+            batch_recipients::failure_reason.eq(reason),
+            batch_recipients::updated_at.eq(now),
+        ))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 async fn claim_in_transaction(
     conn: &mut AsyncPgConnection,
     request: &ClaimRequest,
@@ -578,12 +605,22 @@ async fn claim_in_transaction(
             continue;
         }
         let attempt = r.attempt();
+        let rules = r.rules()?;
+        // Due inside the window, but a dialer running late (a backlog, an outage) must not
+        // start the attempt after the window closed: back to the next opening instead.
+        match rules.due_from(now) {
+            Due::At(at) if at <= now => {}
+            next => {
+                unclaim(conn, r.id, r.attempt, next, now).await?;
+                continue;
+            }
+        }
         claimed.push(ClaimedAttempt {
             recipient_id: r.id,
             batch_id: BatchId::from_uuid(r.batch_id),
             attempt,
             driver: r.driver(&row.batch_timestamp, attempt)?,
-            rules: r.rules()?,
+            rules,
             due_at: row.due_at,
             call_written: false,
         });
@@ -967,18 +1004,13 @@ impl BatchRepository for PgBatchRepository {
                             .await?;
                         return Ok(false);
                     }
-                    if row.expires_at <= now {
-                        diesel::update(batch_recipients::table.find(row.id))
-                            .set((
-                                batch_recipients::state.eq(RecipientState::Failed.as_str()),
-                                batch_recipients::failure_reason.eq(EXPIRED),
-                                batch_recipients::held_since.eq(None::<OffsetDateTime>),
-                                batch_recipients::attempt.eq(row.attempt - 1),
-                                batch_recipients::updated_at.eq(now),
-                            ))
-                            .execute(conn)
-                            .await?;
-                        return Ok(false);
+                    // Past the expiry, or the window closed during the check: not now.
+                    match row.rules()?.due_from(now) {
+                        Due::At(at) if at <= now => {}
+                        next => {
+                            unclaim(conn, row.id, row.attempt, next, now).await?;
+                            return Ok(false);
+                        }
                     }
                     let written = write_attempt_calls(conn, &[claimed], now).await?;
                     Ok::<_, DbError>(!written.is_empty())
