@@ -282,7 +282,7 @@ impl CallRepository for PgCallRepository {
 
     #[tracing::instrument(skip_all, fields(call_sid = %turn.call_sid))]
     async fn append_turn(&self, turn: &NewTurn) -> Result<AppendOutcome, RepositoryError> {
-        // One call of `calls_append_turn` (migrations/0010) in autocommit: lock the Call's
+        // One call of `calls_store_turn` (migrations/0013) in autocommit: lock the Call's
         // row, check for the same turn, insert the next number, commit — one round trip, a
         // cached prepared statement. Atomic, and a replay of a committed append is caught by
         // the duplicate check, so it is retryable.
@@ -290,7 +290,7 @@ impl CallRepository for PgCallRepository {
         self.retry
             .run("append_turn", &self.retries, |_| async move {
                 let mut conn = self.conn().await?;
-                let result: Vec<i64> = diesel::select(calls_append_turn(
+                let result = diesel::select(calls_store_turn(
                     turn.call_sid.as_str(),
                     turn.speaker.as_str(),
                     timestamp,
@@ -298,7 +298,7 @@ impl CallRepository for PgCallRepository {
                 ))
                 .get_result(&mut conn)
                 .await?;
-                append_outcome(&result)
+                append_outcome(result)
             })
             .await
     }
@@ -598,32 +598,36 @@ async fn reconcile_transcript(
 }
 
 diesel::define_sql_function! {
-    /// The append of one turn (migrations/0010_append_turn_function).
-    fn calls_append_turn(call_sid: Text, speaker: Text, timestamp: Timestamptz, message: Text) -> Array<BigInt>;
+    /// The append of one turn (migrations/0013_append_turn_result): its
+    /// `append_turn_result` as (outcome, transcription_id, sequence_number).
+    fn calls_store_turn(call_sid: Text, speaker: Text, timestamp: Timestamptz, message: Text) -> Record<(Text, Nullable<BigInt>, Nullable<Integer>)>;
 }
 
-/// Reads `calls_append_turn`'s `[code, id, sequence_number]`.
-fn append_outcome(result: &[i64]) -> Result<AppendOutcome, DbError> {
+/// Reads `calls_store_turn`'s answer, by the outcome's name.
+fn append_outcome(
+    (outcome, id, seq): (String, Option<i64>, Option<i32>),
+) -> Result<AppendOutcome, DbError> {
     let unexpected = || -> DbError {
-        RepositoryError::Unexpected(format!("calls_append_turn returned {result:?}").into()).into()
+        RepositoryError::Unexpected(
+            format!("calls_store_turn returned ({outcome}, {id:?}, {seq:?})").into(),
+        )
+        .into()
     };
-    let &[code, id, seq] = result else {
-        return Err(unexpected());
-    };
-    let stored = || -> Result<StoredTurn, DbError> {
-        Ok(StoredTurn {
-            transcription_id: id,
-            sequence_number: i32::try_from(seq).map_err(|_| unexpected())?,
-        })
+    let stored = || match (id, seq) {
+        (Some(transcription_id), Some(sequence_number)) => Ok(StoredTurn {
+            transcription_id,
+            sequence_number,
+        }),
+        _ => Err(unexpected()),
     };
     let incomplete = |status| -> DbError { RepositoryError::Incomplete { status }.into() };
-    match code {
-        0 => Ok(AppendOutcome::Created(stored()?)),
-        1 => Ok(AppendOutcome::Duplicate(stored()?)),
-        2 => Err(RepositoryError::NotFound.into()),
-        3 => Err(incomplete(CallStatus::InProgress)),
-        4 => Err(incomplete(CallStatus::Completed)),
-        5 => Err(incomplete(CallStatus::Failed)),
+    match outcome.as_str() {
+        "created" => Ok(AppendOutcome::Created(stored()?)),
+        "duplicate" => Ok(AppendOutcome::Duplicate(stored()?)),
+        "unknown_call" => Err(RepositoryError::NotFound.into()),
+        "in_progress_without_conversation" => Err(incomplete(CallStatus::InProgress)),
+        "completed_without_conversation" => Err(incomplete(CallStatus::Completed)),
+        "failed" => Err(incomplete(CallStatus::Failed)),
         _ => Err(unexpected()),
     }
 }
