@@ -8,6 +8,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod errors;
+pub mod limits;
 pub mod metrics;
 pub mod middleware;
 pub mod openapi;

@@ -7,6 +7,7 @@ mod calls;
 mod health;
 mod helpers;
 mod hostile;
+mod limits;
 mod listing;
 mod openapi;
 mod outage;
