@@ -1085,6 +1085,14 @@ impl calls_domain::Telephony for Unused {
     }
 }
 
+/// No spacing between provider requests (none is made here).
+struct NoPace;
+
+#[async_trait::async_trait]
+impl calls_domain::ports::Pacer for NoPace {
+    async fn wait(&self) {}
+}
+
 /// An instance dies after committing the attempt's Call and before (or while) sending the
 /// outbound request: the recipient is `dialing` with an `in_progress` Call. The stale-call
 /// repair fails the Call and settles the recipient: re-dialed by the rule, not stuck.
@@ -1118,10 +1126,8 @@ async fn the_stale_call_repair_settles_an_attempt_whose_instance_died_mid_reques
     let repair = ReconcileStale::new(
         Arc::new(db.repository()),
         Arc::new(Unused),
-        ReconcileSettings {
-            min_request_interval: Duration::ZERO,
-            ..ReconcileSettings::default()
-        },
+        Arc::new(NoPace),
+        ReconcileSettings::default(),
     )
     .with_batches(Arc::new(survivor.clone()));
     let pass = repair.execute(Duration::ZERO).await.expect("pass");
