@@ -27,6 +27,7 @@ use crate::middleware::{envelope_framework_errors, request_context};
 use crate::routes;
 use crate::state::AppState;
 use crate::telephony_metrics::{MeasuredPredial, MeasuredTelephony};
+use crate::timing::{CONVERSATION_REQUEST_INTERVAL, Pace, TokioTimer};
 
 /// The ports the application runs on.
 pub struct Adapters {
@@ -146,12 +147,17 @@ impl Application {
         let predial: Option<Arc<dyn PredialCheck>> = predial
             .map(|p| Arc::new(MeasuredPredial::new(p, metrics.clone())) as Arc<dyn PredialCheck>);
         let state = web::Data::new(AppState {
-            record_turn: RecordTurn::new(repository.clone(), settings.conversation_wait),
+            record_turn: RecordTurn::new(
+                repository.clone(),
+                Arc::new(TokioTimer),
+                settings.conversation_wait,
+            ),
             post_call: ApplyPostCall::new(repository.clone()).with_batches(batches.clone()),
             reconcile_stale: Arc::new(
                 ReconcileStale::new(
                     repository.clone(),
                     telephony.clone(),
+                    Arc::new(Pace::new(CONVERSATION_REQUEST_INTERVAL)),
                     ReconcileSettings::default(),
                 )
                 .with_batches(batches.clone()),
