@@ -305,6 +305,7 @@ mod tests {
                 "0009_calls_listing_indexes",
                 "0010_append_turn_function",
                 "0013_append_turn_result",
+                "0014_reconcile_lease_and_checks",
             ]
         );
     }

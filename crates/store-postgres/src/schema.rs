@@ -28,4 +28,25 @@ diesel::table! {
     }
 }
 
-diesel::allow_tables_to_appear_in_same_query!(calls, call_transcriptions);
+diesel::table! {
+    /// Stale-call repair bookkeeping (0014): when a Call may be asked about again.
+    call_reconcile_checks (call_id) {
+        call_id -> Int8,
+        checks -> Int4,
+        last_checked_at -> Timestamptz,
+        next_check_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    /// Leases with an expiry (0014): one stale-call reconciler at a time.
+    leases (name) {
+        name -> Text,
+        holder -> Text,
+        expires_at -> Timestamptz,
+    }
+}
+
+diesel::joinable!(call_reconcile_checks -> calls (call_id));
+
+diesel::allow_tables_to_appear_in_same_query!(calls, call_transcriptions, call_reconcile_checks);
