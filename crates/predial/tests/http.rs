@@ -148,7 +148,7 @@ async fn a_slow_answer_fails_closed_at_the_timeout() {
         .respond_with(
             ResponseTemplate::new(200)
                 .set_body_json(json!({"eligible": true}))
-                .set_delay(Duration::from_secs(3)),
+                .set_delay(Duration::from_secs(20)),
         )
         .mount(&server)
         .await;
