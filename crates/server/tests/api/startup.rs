@@ -33,6 +33,38 @@ fn serve_without_required_settings_fails_naming_them() {
     }
 }
 
+/// "invalid values stop startup with a message naming the variable" for the batch settings,
+/// and PREDIAL_TOKEN never shows in what the binary prints.
+#[test]
+fn bad_batch_settings_stop_serve_naming_the_variable() {
+    for (name, value) in [
+        ("DEFAULT_TIME_ZONE", "Mars/Olympus"),
+        ("CALL_WINDOW", "22:00-22:00"),
+        ("REDIAL_DELAYS_SECS", "600,later"),
+        ("DIAL_EXPIRY_SECS", "0"),
+        ("DIALER_POLL_MS", "-1"),
+        ("PREDIAL_TIMEOUT_MS", "0"),
+        ("PREDIAL_URL", "ftp://dispatch.example/check"),
+    ] {
+        let output = binary()
+            .arg("serve")
+            .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/none")
+            .env("TELEPHONY", "simulated")
+            .env("INSECURE_DEV", "true")
+            .env("BIND_ADDR", "127.0.0.1:0")
+            .env("PREDIAL_TOKEN", "predial_topsecret")
+            .env(name, value)
+            .output()
+            .expect("runs");
+
+        assert!(!output.status.success(), "{name}={value} must stop startup");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(name), "stderr should name {name}: {stderr}");
+        assert!(!stderr.contains("predial_topsecret"), "{stderr}");
+        assert!(!String::from_utf8_lossy(&output.stdout).contains("predial_topsecret"));
+    }
+}
+
 #[test]
 fn the_default_subcommand_is_serve() {
     let output = binary().output().expect("runs");
