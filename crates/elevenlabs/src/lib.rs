@@ -17,6 +17,6 @@ pub use signature::{
     DEFAULT_TOLERANCE_SECS, SIGNATURE_HEADER, SignatureError, Verifier, check_header, sign, verify,
 };
 pub use simulated::{
-    BUSY_ONCE_SUFFIX, NO_ANSWER_SUFFIX, POST_CALL_PATH, SimulatedBuildError, SimulatedConfig, SimulatedTelephony, TRANSCRIPTION_PATH,
-    UNREACHABLE_SUFFIX,
+    BUSY_ONCE_SUFFIX, NO_ANSWER_SUFFIX, POST_CALL_PATH, SimulatedBuildError, SimulatedConfig,
+    SimulatedTelephony, TRANSCRIPTION_PATH, UNREACHABLE_SUFFIX,
 };
