@@ -1450,3 +1450,77 @@ async fn a_batch_recorded_before_a_restart_is_dialed_by_the_next_process() {
     sids.sort();
     assert_eq!(sids, ["EL_1_1732185100", "EL_2_1732185100"]);
 }
+
+/// Notes when each outbound-call request arrives, then places it after `delay`.
+struct SlowPlaced {
+    delay: Duration,
+    arrivals: std::sync::Arc<std::sync::Mutex<Vec<Instant>>>,
+}
+
+impl Respond for SlowPlaced {
+    fn respond(&self, _: &Request) -> ResponseTemplate {
+        self.arrivals.lock().expect("lock").push(Instant::now());
+        placed().set_delay(self.delay)
+    }
+}
+
+/// "with at most CALL_CONCURRENCY outbound requests in flight per instance" — the dialer's
+/// and the batch-call endpoint's together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dialer_and_the_batch_call_endpoint_share_call_concurrency() {
+    let app = spawn_app_with(|s| {
+        dialing(s);
+        s.call_concurrency = 2;
+    })
+    .await;
+    let arrivals = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let delay = Duration::from_millis(400);
+    Mock::given(method("POST"))
+        .and(path(OUTBOUND))
+        .respond_with(SlowPlaced {
+            delay,
+            arrivals: arrivals.clone(),
+        })
+        .mount(&app.elevenlabs)
+        .await;
+    let queued = batch(
+        "1732185200",
+        (1..=3)
+            .map(|i| driver(i, &format!("+1555123000{i}")))
+            .collect(),
+    );
+    let direct = batch(
+        "1732185201",
+        (4..=6)
+            .map(|i| driver(i, &format!("+1555123000{i}")))
+            .collect(),
+    );
+
+    let (a, b) = tokio::join!(
+        app.post_json("/batches", &queued),
+        app.post_json("/driver_data/call-elevenlabs", &direct)
+    );
+    assert_eq!(a.status().as_u16(), 202);
+    assert_eq!(b.status().as_u16(), 200);
+    let started = Instant::now();
+    while arrivals.lock().expect("lock").len() < 6 {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "all six dialed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let mut at = arrivals.lock().expect("lock").clone();
+    at.sort();
+    // A third request can only start once one of two in flight has answered.
+    for w in at.windows(3) {
+        assert!(
+            w[2] - w[0] >= delay - Duration::from_millis(50),
+            "three requests in flight at once: {:?}",
+            at.iter()
+                .map(|t| t.duration_since(at[0]))
+                .collect::<Vec<_>>()
+        );
+    }
+}
