@@ -51,7 +51,8 @@ pub fn parse(query_string: &str) -> Result<BatchListQuery, ApiError> {
         .map_err(|e| ApiError::bad_request("Invalid query string", e.to_string()))?
         .into_inner();
     let limit = params.limit.as_deref().map(parse_limit).transpose()?;
-    let Some(raw) = params.cursor.as_deref() else {
+    // An empty `cursor=` is the first page, as on `GET /calls`.
+    let Some(raw) = params.cursor.as_deref().filter(|c| !c.is_empty()) else {
         return Ok(BatchListQuery {
             limit: limit.unwrap_or_default(),
             after: None,
@@ -117,11 +118,11 @@ mod tests {
             "limit=501",
             "limit=x",
             "cursor=abc",
-            "cursor=",
             "status=done",
         ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
         assert_eq!(parse("").expect("valid").limit, PageLimit::default());
+        assert_eq!(parse("cursor=").expect("first page").after, None);
     }
 }
