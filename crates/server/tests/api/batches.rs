@@ -1524,3 +1524,35 @@ async fn the_dialer_and_the_batch_call_endpoint_share_call_concurrency() {
         );
     }
 }
+
+/// The batch-call endpoint: "A driver whose first attempt is not due now (… or the
+/// pre-dial check said not yet) is listed with "status":"scheduled", "scheduled_for"".
+#[tokio::test]
+async fn the_batch_call_endpoint_lists_a_driver_the_pre_dial_check_refused_as_scheduled() {
+    let (app, _dispatcher) = predial_app(
+        ResponseTemplate::new(200)
+            .set_body_json(json!({"eligible": false, "retry_after_secs": 600})),
+    )
+    .await;
+    let before = OffsetDateTime::now_utc();
+
+    let response = app
+        .post_json(
+            "/driver_data/call-elevenlabs",
+            &batch("1732185300", vec![driver(1, "+15551230001")]),
+        )
+        .await;
+
+    assert_eq!(response.status().as_u16(), 202);
+    let body: Value = response.json().await.expect("json");
+    let call = &body["calls"][0];
+    assert_eq!(call["status"], "scheduled");
+    assert_eq!(call["conversation_id"], Value::Null);
+    let at = parse_time(&call["scheduled_for"]);
+    assert!(at >= before + time::Duration::seconds(600), "{call}");
+    assert!(
+        at <= OffsetDateTime::now_utc() + time::Duration::seconds(600),
+        "{call}"
+    );
+    assert!(dialed(&app.elevenlabs).await.is_empty());
+}
