@@ -11,7 +11,15 @@ use crate::models::{
     ConversationId, EventTurn, NewCall, NewTurn,
 };
 
+pub mod batches;
 pub mod telephony;
+
+pub use batches::{
+    BatchRepository, ClaimRequest, ClaimedAttempt, NewBatch, NewRecipient, PredialAnswer,
+    PredialCheck, PredialRequest, SweepOutcome,
+};
+#[cfg(any(test, feature = "mocks"))]
+pub use batches::{MockBatchRepository, MockPredialCheck};
 
 #[cfg(any(test, feature = "mocks"))]
 pub use telephony::MockTelephony;
