@@ -12,7 +12,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, web};
 use calls_domain::models::{BatchId, BatchView, Due, RecipientState, RecipientView};
 use calls_domain::service::DialOutcome;
-use calls_domain::{Call, CallStatus};
+use calls_domain::{Call, CallSid, CallStatus};
 use serde::Serialize;
 use time::OffsetDateTime;
 use time::serde::rfc3339 as rfc3339_utc;
@@ -258,7 +258,7 @@ pub async fn place(
             continue;
         }
         if let Some(attempt) = recipient.attempts.first() {
-            if let Some(call) = state.repository.get_by_call_sid(&attempt.call_sid).await? {
+            if let Some(call) = answered_call(&state, &attempt.call_sid).await? {
                 taken.insert(recipient.driver_id, call);
             }
         }
@@ -290,6 +290,22 @@ async fn settled_view(
         });
         if !pending || started.elapsed() >= TAKEN_WAIT {
             return Ok(view);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The attempt's Call once its outbound request was answered (a conversation_id, or
+/// failed), or as it stands after [`TAKEN_WAIT`].
+async fn answered_call(state: &AppState, call_sid: &CallSid) -> Result<Option<Call>, ApiError> {
+    let started = Instant::now();
+    loop {
+        let call = state.repository.get_by_call_sid(call_sid).await?;
+        let waiting = call
+            .as_ref()
+            .is_some_and(|c| c.status == CallStatus::InProgress && c.conversation_id.is_none());
+        if !waiting || started.elapsed() >= TAKEN_WAIT {
+            return Ok(call);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
