@@ -9,8 +9,12 @@ use crate::models::{
     ConversationId, EventTurn, NewCall, NewTurn,
 };
 
+pub mod console_sessions;
 pub mod telephony;
 
+pub use console_sessions::{ConsoleSessions, SessionHash};
+#[cfg(any(test, feature = "mocks"))]
+pub use console_sessions::MockConsoleSessions;
 #[cfg(any(test, feature = "mocks"))]
 pub use telephony::MockTelephony;
 pub use telephony::{ConversationState, OutboundCall, PlacedCall, Telephony, TelephonyError};

@@ -7,6 +7,7 @@
 //! errors never leave this crate.
 
 mod backfill;
+mod console;
 mod errors;
 mod listing;
 mod migrations;
@@ -20,6 +21,7 @@ mod schema;
 pub mod testing;
 
 pub use backfill::{BackfillOptions, BackfillReport, backfill_call_sids};
+pub use console::{CallChange, ChangeFeed, PgConsoleSessions, channel_name};
 pub use errors::StoreError;
 pub use migrations::{
     MigrateCommand, MigrationReport, MigrationStatus, migrate, migration_names, migration_status,

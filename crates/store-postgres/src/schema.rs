@@ -29,3 +29,11 @@ diesel::table! {
 }
 
 diesel::allow_tables_to_appear_in_same_query!(calls, call_transcriptions);
+
+diesel::table! {
+    console_sessions (id_hash) {
+        id_hash -> Bytea,
+        created_at -> Timestamptz,
+        expires_at -> Timestamptz,
+    }
+}

@@ -22,6 +22,7 @@ fn tables() -> Vec<(&'static str, Vec<ColumnSpec>)> {
     vec![
         described::<schema::calls::table>("calls"),
         described::<schema::call_transcriptions::table>("call_transcriptions"),
+        described::<schema::console_sessions::table>("console_sessions"),
     ]
 }
 
