@@ -12,9 +12,9 @@ use crate::models::{
 pub mod console_sessions;
 pub mod telephony;
 
-pub use console_sessions::{ConsoleSessions, SessionHash};
 #[cfg(any(test, feature = "mocks"))]
 pub use console_sessions::MockConsoleSessions;
+pub use console_sessions::{ConsoleSessions, SessionHash};
 #[cfg(any(test, feature = "mocks"))]
 pub use telephony::MockTelephony;
 pub use telephony::{ConversationState, OutboundCall, PlacedCall, Telephony, TelephonyError};

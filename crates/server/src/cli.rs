@@ -150,6 +150,13 @@ pub struct ServeArgs {
     /// A Call still in_progress this many seconds after it started is stale.
     #[arg(long, env = "RECONCILE_AFTER_SECS", default_value_t = 1800)]
     pub reconcile_after_secs: u64,
+    /// How long a console login lasts, in seconds.
+    #[arg(long, env = "CONSOLE_SESSION_TTL_SECS", default_value_t = 43_200)]
+    pub console_session_ttl_secs: u64,
+    /// A direct (unpooled) PostgreSQL URL for the console's LISTEN connection, needed when
+    /// DATABASE_URL goes through a pooler in transaction mode; default DATABASE_URL.
+    #[arg(long, env = "DATABASE_DIRECT_URL", hide_env_values = true)]
+    pub database_direct_url: Option<String>,
     /// TELEPHONY=simulated: do not deliver this turn's webhook (1-based), so the post-call
     /// reconciliation can be seen restoring it.
     #[arg(long, env = "SIMULATED_DROP_TURN")]

@@ -70,6 +70,17 @@ pub struct Settings {
     /// Age at which an `in_progress` Call is stale.
     pub reconcile_after: Duration,
     pub simulation: SimulationSettings,
+    pub console: ConsoleSettings,
+}
+
+/// The dispatcher console (docs/console.md).
+#[derive(Debug, Clone)]
+pub struct ConsoleSettings {
+    pub session_ttl: Duration,
+    /// `Secure` on the session cookie: PUBLIC_BASE_URL is https.
+    pub secure_cookie: bool,
+    /// Where the change feed LISTENs: DATABASE_DIRECT_URL, else DATABASE_URL.
+    pub listen_url: Secret,
 }
 
 /// How `TELEPHONY=simulated` misbehaves on purpose (demos); ignored otherwise.
@@ -198,6 +209,14 @@ impl Settings {
         let Some(database) = database.filter(|_| missing.is_empty()) else {
             return Err(ConfigError::Missing(missing));
         };
+        if args.console_session_ttl_secs == 0 {
+            return Err(ConfigError::Invalid {
+                name: "CONSOLE_SESSION_TTL_SECS",
+                reason: "must be at least 1".into(),
+            });
+        }
+        let listen_url =
+            non_empty(args.database_direct_url.as_ref()).unwrap_or_else(|| database.url.clone());
         let public_base_url = non_empty(args.public_base_url.as_ref())
             .unwrap_or_else(|| format!("http://{}", args.bind_addr))
             .trim_end_matches('/')
@@ -211,7 +230,6 @@ impl Settings {
             conversation_wait: Duration::from_millis(args.webhook_conversation_wait_ms),
             transfer_to_number: args.transfer_to_number.clone(),
             dispatcher_name: args.dispatcher_name.clone(),
-            public_base_url,
             call_concurrency: args.call_concurrency,
             // Below 1 KiB not even a valid request fits.
             body_limits: BodyLimits {
@@ -228,6 +246,14 @@ impl Settings {
                 drop_turn: args.simulated_drop_turn.filter(|n| *n > 0),
                 skip_post_call: args.simulated_skip_post_call,
             },
+            console: ConsoleSettings {
+                session_ttl: Duration::from_secs(args.console_session_ttl_secs),
+                secure_cookie: public_base_url
+                    .get(..8)
+                    .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://")),
+                listen_url: Secret::new(listen_url),
+            },
+            public_base_url,
         })
     }
 }
@@ -367,6 +393,45 @@ mod tests {
         .expect("cli parses");
         assert!(Settings::from_args(&cli.serve).is_err());
         assert!(Settings::for_command(&cli.serve).is_ok());
+    }
+
+    #[test]
+    fn the_console_defaults_to_12_hour_sessions_plain_cookies_and_the_database_url() {
+        let settings = simulated_dev();
+        assert_eq!(settings.console.session_ttl, Duration::from_secs(43_200));
+        assert!(!settings.console.secure_cookie);
+        assert_eq!(
+            settings.console.listen_url.expose(),
+            "postgres://localhost/x"
+        );
+
+        let settings = parse(&[
+            "--database-url",
+            "postgres://pooler/x",
+            "--database-direct-url",
+            "postgres://primary/x",
+            "--public-base-url",
+            "HTTPS://calls.example.com",
+            "--console-session-ttl-secs",
+            "600",
+            "--telephony",
+            "simulated",
+            "--insecure-dev",
+        ])
+        .expect("valid");
+        assert_eq!(settings.console.session_ttl, Duration::from_secs(600));
+        assert!(settings.console.secure_cookie, "https: Secure cookies");
+        assert_eq!(settings.console.listen_url.expose(), "postgres://primary/x");
+        assert!(
+            parse(&[
+                "--database-url",
+                "postgres://localhost/x",
+                "--console-session-ttl-secs",
+                "0",
+                "--insecure-dev",
+            ])
+            .is_err()
+        );
     }
 
     #[test]

@@ -42,6 +42,7 @@ pub struct AppState {
     pub pool: Option<DbPool>,
     /// The PostgreSQL repository's retries, for `db_retries_total`.
     pub db_retries: Option<RetryCounter>,
+    pub console: crate::console::ConsoleState,
 }
 
 pub struct Application {
@@ -136,6 +137,7 @@ impl Application {
             repository,
             telephony,
             metrics,
+            console: crate::console::ConsoleState::new(&settings, pg.map(PgCallRepository::pool)),
             pool: pg.map(|pg| pg.pool().clone()),
             db_retries: pg.map(PgCallRepository::retries),
         });
@@ -202,6 +204,7 @@ fn run(listener: TcpListener, state: web::Data<AppState>) -> std::io::Result<Ser
                         .default_handler(transport::envelope_framework_errors),
                 )
                 .configure(routes::configure)
+                .configure(crate::console::configure)
                 .default_service(web::to(routes::not_found));
             let shutdown = shutdown.clone();
             let http = HttpService::build()

@@ -33,7 +33,10 @@ async fn a_session_is_active_until_it_expires_or_is_deleted() {
         "expired"
     );
     assert!(
-        !store.is_active(&SessionHash([8; 32]), now).await.expect("read"),
+        !store
+            .is_active(&SessionHash([8; 32]), now)
+            .await
+            .expect("read"),
         "unknown"
     );
 
@@ -117,7 +120,9 @@ async fn stored_turns_and_call_changes_are_announced_and_the_feed_survives_a_los
         call_sid: sid.clone(),
         speaker: SpeakerType::Agent,
         message: "Hello".into(),
-        timestamp: OffsetDateTime::now_utc().replace_nanosecond(0).expect("valid"),
+        timestamp: OffsetDateTime::now_utc()
+            .replace_nanosecond(0)
+            .expect("valid"),
     };
     repo.append_turn(&turn).await.expect("appended");
     assert_eq!(
@@ -129,7 +134,11 @@ async fn stored_turns_and_call_changes_are_announced_and_the_feed_survives_a_los
 
     // Like a database restart: every connection of this schema is killed.
     assert!(db.terminate_connections().await >= 1);
-    assert_eq!(next_change(&mut rx).await, CallChange::Resync, "reconnected");
+    assert_eq!(
+        next_change(&mut rx).await,
+        CallChange::Resync,
+        "reconnected"
+    );
     repo.append_turn(&NewTurn {
         message: "Still there?".into(),
         ..turn

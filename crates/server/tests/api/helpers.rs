@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use calls_domain::{CallRepository, CallSid, ConversationId, NewCall};
 use calls_server::body::{BodyLimits, DEFAULT_BODY_READ_TIMEOUT};
-use calls_server::config::{Secret, Settings, SimulationSettings, TelephonySettings};
+use calls_server::config::{
+    ConsoleSettings, Secret, Settings, SimulationSettings, TelephonySettings,
+};
 use calls_server::startup::{AppState, Application};
 use calls_store_postgres::testing::TestDatabase;
 use calls_store_postgres::{DbConfig, PgCallRepository, RetryPolicy, build_pool};
@@ -34,7 +36,6 @@ pub struct TestApp {
 pub fn settings_for(database: DbConfig, elevenlabs_uri: &str) -> Settings {
     Settings {
         bind_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-        database,
         telephony: TelephonySettings::ElevenLabs {
             base_url: elevenlabs_uri.to_owned(),
             api_key: Secret::new("xi_test_key"),
@@ -56,6 +57,12 @@ pub fn settings_for(database: DbConfig, elevenlabs_uri: &str) -> Settings {
         reconcile_interval: None,
         reconcile_after: Duration::from_secs(1800),
         simulation: SimulationSettings::default(),
+        console: ConsoleSettings {
+            session_ttl: Duration::from_secs(43_200),
+            secure_cookie: false,
+            listen_url: Secret::new(database.url.clone()),
+        },
+        database,
     }
 }
 

@@ -4,6 +4,7 @@
 mod batch_calls;
 mod busy_database;
 mod calls;
+mod console;
 mod health;
 mod helpers;
 mod hostile;

@@ -133,13 +133,13 @@ async fn relay(mut conn: AsyncPgConnection, sender: &broadcast::Sender<CallChang
             }
             Ok(Some(Err(e))) => return e.to_string(),
             Ok(None) => return "connection closed".to_owned(),
-            Err(_) => match tokio::time::timeout(CHECK_TIMEOUT, conn.batch_execute("SELECT 1"))
-                .await
-            {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return e.to_string(),
-                Err(_) => return "health check timed out".to_owned(),
-            },
+            Err(_) => {
+                match tokio::time::timeout(CHECK_TIMEOUT, conn.batch_execute("SELECT 1")).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return e.to_string(),
+                    Err(_) => return "health check timed out".to_owned(),
+                }
+            }
         }
     }
 }

@@ -1,6 +1,6 @@
 use async_trait::async_trait;
-use calls_domain::ports::{ConsoleSessions, SessionHash};
 use calls_domain::RepositoryError;
+use calls_domain::ports::{ConsoleSessions, SessionHash};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use time::OffsetDateTime;
@@ -48,9 +48,9 @@ impl ConsoleSessions for PgConsoleSessions {
                     .map_err(DbError::from);
                 match inserted {
                     Ok(_) => Ok(()),
-                    Err(e) if is_unique_violation(&e).is_some() => Err(
-                        RepositoryError::Conflict("console session exists".to_owned()).into(),
-                    ),
+                    Err(e) if is_unique_violation(&e).is_some() => {
+                        Err(RepositoryError::Conflict("console session exists".to_owned()).into())
+                    }
                     Err(e) => Err(e),
                 }
             })
