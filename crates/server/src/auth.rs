@@ -9,10 +9,13 @@
 //! clients cannot make the server buffer bodies. Comparisons are constant time.
 
 use actix_web::HttpRequest;
+use actix_web::http::StatusCode;
 use actix_web::http::header;
 use calls_elevenlabs::signature::SignatureError;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
+
+use crate::errors::{ApiError, ErrorKind};
 
 mod api_token;
 mod webhook;
@@ -50,6 +53,17 @@ impl From<SignatureError> for AuthError {
                 Self::MalformedSignature
             }
         }
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorKind::Unauthenticated,
+            "Unauthorized",
+            e.to_string(),
+        )
     }
 }
 

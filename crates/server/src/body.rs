@@ -13,38 +13,15 @@ use std::time::Duration;
 use actix_web::body::{BodyLimitExceeded, BodyStream, to_bytes_limited};
 use actix_web::dev::Payload;
 use actix_web::error::PayloadError;
+use actix_web::http::StatusCode;
 use actix_web::http::header::ContentLength;
 use actix_web::{FromRequest, HttpMessage, HttpRequest, mime, web};
 use serde::de::DeserializeOwned;
 
-use crate::errors::ApiError;
-use crate::startup::AppState;
+use crate::errors::{ApiError, ErrorKind};
+use crate::state::app_state;
 
-/// Largest accepted body per endpoint, in bytes. docs/operations.md gives the reasoning.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BodyLimits {
-    /// One dialogue turn: a few hundred bytes; a long monologue is still a few KiB.
-    pub transcription: usize,
-    /// The dispatcher's batch: about 400 bytes per driver.
-    pub batch: usize,
-    /// ElevenLabs' post-call event: the whole transcript with per-turn metadata and the
-    /// transcription tool's call and result on every agent turn, about 1.4 KiB per turn; a
-    /// one-hour call is about 1.3 MB (measured by a test), so this fits about three hours.
-    pub post_call: usize,
-}
-
-impl Default for BodyLimits {
-    fn default() -> Self {
-        Self {
-            transcription: 64 * 1024,
-            batch: 1024 * 1024,
-            post_call: 4 * 1024 * 1024,
-        }
-    }
-}
-
-/// How long reading a whole body may take; a client that sends slower is cut off with 408.
-pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+pub use crate::config::{BodyLimits, DEFAULT_BODY_READ_TIMEOUT};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
@@ -62,6 +39,23 @@ pub enum BodyError {
     /// JSON of the wrong shape; the text names the field (`drivers[0].driverId: …`).
     #[error("{0}")]
     Invalid(String),
+}
+
+impl From<BodyError> for ApiError {
+    fn from(e: BodyError) -> Self {
+        let (status, message) = match &e {
+            BodyError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "Request body too large"),
+            BodyError::TooSlow { .. } => (StatusCode::REQUEST_TIMEOUT, "Request timeout"),
+            BodyError::Read(_) => (StatusCode::BAD_REQUEST, "Could not read the request body"),
+            BodyError::NotJson => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "Unsupported content type",
+            ),
+            BodyError::Malformed(_) => (StatusCode::BAD_REQUEST, "Malformed JSON"),
+            BodyError::Invalid(_) => (StatusCode::BAD_REQUEST, "Invalid request body"),
+        };
+        Self::new(status, ErrorKind::Invalid, message, e.to_string())
+    }
 }
 
 /// `application/json` or any `+json` type, with any parameters (charset).
@@ -148,16 +142,6 @@ impl<T: JsonRequest> FromRequest for JsonBody<T> {
             Ok(Self(parse_json(&body)?))
         })
     }
-}
-
-pub(crate) fn app_state(req: &HttpRequest) -> Result<web::Data<AppState>, ApiError> {
-    req.app_data::<web::Data<AppState>>()
-        .cloned()
-        .ok_or_else(|| {
-            ApiError::internal(&std::io::Error::other(
-                "application state is not registered",
-            ))
-        })
 }
 
 #[cfg(test)]

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use calls_store_postgres::{DbConfig, SchemaName};
 
-use crate::body::BodyLimits;
 use crate::cli::{DbArgs, ServeArgs, TelephonyKind};
 
 #[derive(Debug, thiserror::Error)]
@@ -258,6 +257,32 @@ impl Settings {
     }
 }
 
+/// Largest accepted body per endpoint, in bytes. docs/operations.md gives the reasoning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyLimits {
+    /// One dialogue turn: a few hundred bytes; a long monologue is still a few KiB.
+    pub transcription: usize,
+    /// The dispatcher's batch: about 400 bytes per driver.
+    pub batch: usize,
+    /// ElevenLabs' post-call event: the whole transcript with per-turn metadata and the
+    /// transcription tool's call and result on every agent turn, about 1.4 KiB per turn; a
+    /// one-hour call is about 1.3 MB (measured by a test), so this fits about three hours.
+    pub post_call: usize,
+}
+
+impl Default for BodyLimits {
+    fn default() -> Self {
+        Self {
+            transcription: 64 * 1024,
+            batch: 1024 * 1024,
+            post_call: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// How long reading a whole body may take; a client that sends slower is cut off with 408.
+pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -338,7 +363,7 @@ mod tests {
         );
         assert_eq!(
             default("body_read_timeout_secs"),
-            crate::body::DEFAULT_BODY_READ_TIMEOUT.as_secs()
+            DEFAULT_BODY_READ_TIMEOUT.as_secs()
         );
         let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         assert_eq!(

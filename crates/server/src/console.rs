@@ -4,65 +4,22 @@
 //! parameter parser); sessions live in PostgreSQL; live pages are fed by Server-Sent
 //! Events from the instance's [`ChangeFeed`] (PostgreSQL LISTEN/NOTIFY).
 
-use std::sync::Arc;
-
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpResponse, HttpResponseBuilder, ResponseError, web};
 use askama::Template;
 use calls_domain::RepositoryError;
-use calls_domain::ports::ConsoleSessions;
-use calls_store_postgres::{CallChange, ChangeFeed, PgConsoleSessions, RetryPolicy};
-use tokio::sync::broadcast;
-
-use crate::config::Settings;
 
 mod limiter;
 mod live;
 mod pages;
 mod session;
+mod state;
 mod views;
 
 pub use limiter::{LoginLimiter, LoginLimits};
 pub use session::{COOKIE_NAME, ConsoleSession, FORM_TOKEN_FIELD};
-
-/// What the console keeps per instance.
-pub struct ConsoleState {
-    sessions: Option<Arc<dyn ConsoleSessions>>,
-    feed: Option<ChangeFeed>,
-    pub limiter: LoginLimiter,
-}
-
-impl ConsoleState {
-    /// Sessions on the service's pool; the change feed on its own connection. Without
-    /// PostgreSQL (tests of other parts with mocks) the console answers 503.
-    pub fn new(settings: &Settings, pool: Option<&calls_store_postgres::DbPool>) -> Self {
-        Self {
-            sessions: pool.map(|pool| {
-                Arc::new(PgConsoleSessions::new(pool.clone(), RetryPolicy::default()))
-                    as Arc<dyn ConsoleSessions>
-            }),
-            feed: pool.map(|_| {
-                ChangeFeed::spawn(
-                    settings.console.listen_url.expose().to_owned(),
-                    settings.database.schema.clone(),
-                )
-            }),
-            limiter: LoginLimiter::new(LoginLimits::default()),
-        }
-    }
-
-    fn sessions(&self) -> Result<&Arc<dyn ConsoleSessions>, ConsoleError> {
-        self.sessions.as_ref().ok_or(ConsoleError::Unavailable)
-    }
-
-    fn subscribe(&self) -> Result<broadcast::Receiver<CallChange>, ConsoleError> {
-        self.feed
-            .as_ref()
-            .map(ChangeFeed::subscribe)
-            .ok_or(ConsoleError::Unavailable)
-    }
-}
+pub use state::ConsoleState;
 
 /// The console's routes, under `/console`; wired next to the API's route table.
 pub fn configure(cfg: &mut web::ServiceConfig) {

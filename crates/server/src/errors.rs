@@ -2,9 +2,11 @@
 //! `{"status":"error","message":…,"details":…}`.
 //!
 //! Handlers and extractors return `Result<_, ApiError>`. Each error type of a lower layer
-//! reaches it through one `From` impl below, which is the only place that chooses its HTTP
-//! status, its message and its [`ErrorKind`] (the label of the outcome metrics). Internal
-//! causes are logged here with their chain and never sent to the client.
+//! reaches it through one `From` impl (below for the domain's errors; next to `AuthError`
+//! and `BodyError` for the extractors', so that this module depends on nothing of the
+//! server), which is the only place that chooses its HTTP status, its message and its
+//! [`ErrorKind`] (the label of the outcome metrics). Internal causes are logged here with
+//! their chain and never sent to the client.
 
 use std::fmt;
 
@@ -14,9 +16,6 @@ use actix_web::{HttpResponse, ResponseError};
 use calls_domain::models::InvalidBatch;
 use calls_domain::service::{PlaceCallsError, PostCallError, RecordTurnError};
 use calls_domain::{CallSid, RepositoryError, TurnParseError};
-
-use crate::auth::AuthError;
-use crate::body::BodyError;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
@@ -289,33 +288,5 @@ impl From<PostCallError> for ApiError {
             PostCallError::Unavailable(_) => Self::db_unavailable(&e),
             PostCallError::Unexpected(_) => Self::internal(&e),
         }
-    }
-}
-
-impl From<AuthError> for ApiError {
-    fn from(e: AuthError) -> Self {
-        Self::new(
-            StatusCode::UNAUTHORIZED,
-            ErrorKind::Unauthenticated,
-            "Unauthorized",
-            e.to_string(),
-        )
-    }
-}
-
-impl From<BodyError> for ApiError {
-    fn from(e: BodyError) -> Self {
-        let (status, message) = match &e {
-            BodyError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "Request body too large"),
-            BodyError::TooSlow { .. } => (StatusCode::REQUEST_TIMEOUT, "Request timeout"),
-            BodyError::Read(_) => (StatusCode::BAD_REQUEST, "Could not read the request body"),
-            BodyError::NotJson => (
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "Unsupported content type",
-            ),
-            BodyError::Malformed(_) => (StatusCode::BAD_REQUEST, "Malformed JSON"),
-            BodyError::Invalid(_) => (StatusCode::BAD_REQUEST, "Invalid request body"),
-        };
-        Self::new(status, ErrorKind::Invalid, message, e.to_string())
     }
 }

@@ -15,6 +15,6 @@ pub mod openapi;
 pub mod reconcile;
 pub mod routes;
 pub mod startup;
+pub mod state;
 pub mod telemetry;
 pub mod telephony_metrics;
-pub mod transport;

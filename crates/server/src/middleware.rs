@@ -1,19 +1,22 @@
 //! Per-request context: a request id (taken from `X-Request-Id` or generated) returned on
 //! every response and carried by every log line of the request, a span with method, route
-//! and call_sid, an access log line, and the HTTP metrics.
+//! and call_sid, an access log line, and the HTTP metrics. Also the envelope for error
+//! responses that actix-web makes itself.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::http::header::{HeaderName, HeaderValue};
-use actix_web::middleware::Next;
-use actix_web::{Error, HttpMessage, web};
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderName, HeaderValue};
+use actix_web::middleware::{ErrorHandlerResponse, Next};
+use actix_web::{Error, HttpMessage, HttpResponse, web};
 use tracing::Instrument;
 
+use crate::errors::ErrorEnvelope;
 use crate::metrics::{HttpLabels, RouteLabels};
-use crate::startup::AppState;
+use crate::state::AppState;
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
@@ -102,6 +105,54 @@ pub async fn request_context(
         }
     });
     Ok(response)
+}
+
+/// For `ErrorHandlers::default_handler`: an error response that is not JSON (made by
+/// actix-web rather than by `ApiError`) gets the envelope, keeping its status and headers.
+pub fn envelope_framework_errors<B: MessageBody + 'static>(
+    res: ServiceResponse<B>,
+) -> actix_web::Result<ErrorHandlerResponse<B>> {
+    let is_json = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        // The console's error pages are HTML and stay so.
+        .is_some_and(|v| v.starts_with("application/json") || v.starts_with("text/html"));
+    if is_json {
+        return Ok(ErrorHandlerResponse::Response(res.map_into_left_body()));
+    }
+    let status = res.status();
+    let (message, details) = match status {
+        StatusCode::BAD_REQUEST => ("Bad request", "The request could not be parsed"),
+        StatusCode::PAYLOAD_TOO_LARGE => ("Request body too large", "The body is too large"),
+        s if s.is_server_error() => (
+            "Internal server error",
+            "The request could not be processed",
+        ),
+        _ => ("Request refused", "The request could not be processed"),
+    };
+    let body = serde_json::to_vec(&ErrorEnvelope {
+        status: "error",
+        message,
+        details,
+    })
+    .unwrap_or_default();
+    let (req, old) = res.into_parts();
+    let mut new = HttpResponse::build(status);
+    for (name, value) in old.headers() {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            new.append_header((name.clone(), value.clone()));
+        }
+    }
+    let new = new
+        .insert_header((
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        ))
+        .body(body);
+    Ok(ErrorHandlerResponse::Response(
+        ServiceResponse::new(req, new).map_into_right_body(),
+    ))
 }
 
 #[cfg(test)]

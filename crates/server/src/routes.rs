@@ -9,6 +9,7 @@ pub mod batch_calls;
 pub mod calls;
 pub mod health;
 pub mod metrics;
+pub mod openapi;
 pub mod post_call_webhook;
 pub mod transcription_webhook;
 
@@ -70,12 +71,12 @@ pub fn routes() -> Vec<RouteSpec> {
         RouteSpec {
             method: "GET",
             path: "/openapi.json",
-            make: || web::get().to(crate::openapi::openapi_json),
+            make: || web::get().to(openapi::openapi_json),
         },
         RouteSpec {
             method: "GET",
             path: "/docs",
-            make: || web::get().to(crate::openapi::docs_page),
+            make: || web::get().to(openapi::docs_page),
         },
     ]
 }

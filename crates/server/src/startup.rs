@@ -5,11 +5,8 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_http::error::DispatchError;
-use actix_http::{HttpService, KeepAlive};
-use actix_service::{ServiceFactoryExt, fn_service, map_config};
-use actix_web::dev::{AppConfig, Server};
-use actix_web::{App, middleware, web};
+use actix_web::dev::Server;
+use actix_web::{App, HttpServer, middleware, web};
 use anyhow::Context;
 use calls_domain::service::{
     ApplyPostCall, CallContext, PlaceCalls, ReconcileSettings, ReconcileStale, RecordTurn,
@@ -18,32 +15,17 @@ use calls_domain::{CallRepository, Telephony};
 use calls_elevenlabs::{
     ElevenLabsConfig, ElevenLabsTelephony, SimulatedConfig, SimulatedTelephony,
 };
-use calls_store_postgres::{DbPool, PgCallRepository, RetryCounter, RetryPolicy, build_pool};
-use tokio::net::TcpStream;
+use calls_store_postgres::{PgCallRepository, RetryPolicy, build_pool};
 
 use crate::config::{Settings, TelephonySettings};
 use crate::metrics::Metrics;
-use crate::middleware::request_context;
+use crate::middleware::{envelope_framework_errors, request_context};
 use crate::routes;
 use crate::telephony_metrics::MeasuredTelephony;
-use crate::transport::{self, EnvelopeIo};
 
-/// Shared by every request.
-pub struct AppState {
-    pub settings: Arc<Settings>,
-    pub repository: Arc<dyn CallRepository>,
-    pub telephony: Arc<dyn Telephony>,
-    pub record_turn: RecordTurn,
-    pub place_calls: PlaceCalls,
-    pub post_call: ApplyPostCall,
-    pub reconcile_stale: Arc<ReconcileStale>,
-    pub metrics: Arc<Metrics>,
-    /// For pool gauges; `None` when the repository is not PostgreSQL (tests with mocks).
-    pub pool: Option<DbPool>,
-    /// The PostgreSQL repository's retries, for `db_retries_total`.
-    pub db_retries: Option<RetryCounter>,
-    pub console: crate::console::ConsoleState,
-}
+// `routes::batch_calls` still names it here; it moves to `crate::state` with that file's
+// rewrite, which removes the last edge from the routes back up to startup.
+pub use crate::state::AppState;
 
 pub struct Application {
     port: u16,
@@ -178,53 +160,34 @@ impl Application {
     }
 }
 
-/// How long a client may take to send a request head (then 408); a slow body is cut by the
-/// body read timeout in `body.rs`.
+/// How long a client may take to send a request head (then a bare 408 from actix-http);
+/// a slow body is cut by the body read timeout in `body.rs` (408 with the envelope).
 pub const CLIENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long an idle keep-alive connection stays open.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
 /// How long a closing connection may take to shut down before it is dropped.
 pub const CLIENT_DISCONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long in-flight requests may take to finish after SIGTERM/SIGINT.
+pub const SHUTDOWN_TIMEOUT_SECS: u64 = 30;
 
-/// The actix-web application on actix-http's HTTP/1 service, as `HttpServer` would build
-/// it, except that each connection is wrapped in [`EnvelopeIo`] so that errors the
-/// dispatcher answers itself carry the envelope too.
+/// The actix-web application on `HttpServer`. Requests that never reach it (not HTTP, a
+/// head over the size limit, a head that never completes) get actix-http's bare
+/// 400/431/408; every answer of the application carries the envelope.
 fn run(listener: TcpListener, state: web::Data<AppState>) -> std::io::Result<Server> {
-    let local_addr = listener.local_addr()?;
-    let builder = actix_server::Server::build();
-    let shutdown = builder.graceful_shutdown_signal();
-    let server = builder
-        .listen("calls-server", listener, move || {
-            let state = state.clone();
-            let app = App::new()
-                .app_data(state)
-                .wrap(middleware::from_fn(request_context))
-                .wrap(
-                    middleware::ErrorHandlers::new()
-                        .default_handler(transport::envelope_framework_errors),
-                )
-                .configure(routes::configure)
-                .configure(crate::console::configure)
-                .default_service(web::to(routes::not_found));
-            let shutdown = shutdown.clone();
-            let http = HttpService::build()
-                .keep_alive(KeepAlive::Timeout(KEEP_ALIVE))
-                .client_request_timeout(CLIENT_REQUEST_TIMEOUT)
-                .client_disconnect_timeout(CLIENT_DISCONNECT_TIMEOUT)
-                .h1_allow_half_closed(true)
-                .local_addr(local_addr)
-                .graceful_shutdown_signal(move || {
-                    let shutdown = shutdown.clone();
-                    async move { shutdown.notified().await }
-                })
-                .h1(map_config(app, |_| AppConfig::default()));
-            fn_service(|io: TcpStream| {
-                let peer = io.peer_addr().ok();
-                std::future::ready(Ok::<_, DispatchError>((EnvelopeIo::new(io), peer)))
-            })
-            .and_then(http)
-        })?
-        .shutdown_timeout(30)
-        .run();
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .wrap(middleware::from_fn(request_context))
+            .wrap(middleware::ErrorHandlers::new().default_handler(envelope_framework_errors))
+            .configure(routes::configure)
+            .configure(crate::console::configure)
+            .default_service(web::to(routes::not_found))
+    })
+    .keep_alive(KEEP_ALIVE)
+    .client_request_timeout(CLIENT_REQUEST_TIMEOUT)
+    .client_disconnect_timeout(CLIENT_DISCONNECT_TIMEOUT)
+    .shutdown_timeout(SHUTDOWN_TIMEOUT_SECS)
+    .listen(listener)?
+    .run();
     Ok(server)
 }

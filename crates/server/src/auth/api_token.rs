@@ -4,8 +4,8 @@ use actix_web::dev::Payload;
 use actix_web::{FromRequest, HttpRequest};
 
 use super::{AuthError, bearer, constant_time_eq};
-use crate::body::app_state;
 use crate::errors::ApiError;
+use crate::state::app_state;
 
 /// Proof that the request carries `Authorization: Bearer <API_TOKEN>`. With no token
 /// configured (development mode) every request passes. Headers only: nothing is read.

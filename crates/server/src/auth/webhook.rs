@@ -10,8 +10,10 @@ use serde::de::DeserializeOwned;
 use time::OffsetDateTime;
 
 use super::{AuthError, bearer, constant_time_eq};
-use crate::body::{BodyError, BodyLimits, app_state, is_json, parse_json, read_body};
+use crate::body::{BodyError, is_json, parse_json, read_body};
+use crate::config::BodyLimits;
 use crate::errors::ApiError;
+use crate::state::app_state;
 
 /// Which credentials a webhook accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

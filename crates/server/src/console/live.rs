@@ -22,7 +22,7 @@ use tokio::sync::broadcast::error::RecvError;
 use super::ConsoleError;
 use super::session::ConsoleSession;
 use super::views::{CallDetail, CallStateFragment, TurnFragment, TurnItem};
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// A comment this often keeps proxies from closing an idle stream.
 const HEARTBEAT: Duration = Duration::from_secs(15);

@@ -16,7 +16,7 @@ use super::views::{
 };
 use super::{ConsoleError, html, no_store};
 use crate::routes::calls::listing;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// Without an API_TOKEN (possible only with INSECURE_DEV) any token logs in; every other
 /// check (sessions, form tokens) works as in production.

@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use super::ConsoleError;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 pub const COOKIE_NAME: &str = "console_session";
 /// The hidden field of every state-changing form.

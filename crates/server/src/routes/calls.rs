@@ -7,7 +7,7 @@ use time::OffsetDateTime;
 
 use crate::auth::ApiToken;
 use crate::errors::ApiError;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 use time::serde::rfc3339 as rfc3339_utc;
 

@@ -2,7 +2,7 @@ use actix_web::{HttpResponse, web};
 use serde_json::json;
 
 use crate::errors::{ApiError, ErrorKind};
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// The process is up and serving.
 #[utoipa::path(get, path = "/healthz", tag = "operations",

@@ -1,7 +1,7 @@
 use actix_web::{HttpResponse, web};
 
 use crate::metrics::StateLabel;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// Prometheus text format: HTTP, webhook outcomes, calls placed, ElevenLabs latency, pool, retries.
 #[utoipa::path(get, path = "/metrics", tag = "operations",

@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::auth::{PostCallHook, VerifiedWebhook};
 use crate::body::require_json;
 use crate::errors::ApiError;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// The answer to every event we accept (ElevenLabs counts only 200 as delivered).
 #[derive(Debug, Serialize, utoipa::ToSchema)]

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::{TranscriptionHook, VerifiedWebhook};
 use crate::errors::ApiError;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// One dialogue turn, as the ElevenLabs webhook tool sends it. Every field is required;
 /// a missing field, `null` or another type is a 400 naming the field. Other fields are

@@ -3,11 +3,12 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use calls_domain::{CallRepository, CallSid, ConversationId, NewCall};
-use calls_server::body::{BodyLimits, DEFAULT_BODY_READ_TIMEOUT};
+use calls_server::config::{BodyLimits, DEFAULT_BODY_READ_TIMEOUT};
 use calls_server::config::{
     ConsoleSettings, Secret, Settings, SimulationSettings, TelephonySettings,
 };
-use calls_server::startup::{AppState, Application};
+use calls_server::startup::Application;
+use calls_server::state::AppState;
 use calls_store_postgres::testing::TestDatabase;
 use calls_store_postgres::{DbConfig, PgCallRepository, RetryPolicy, build_pool};
 use serde_json::{Value, json};

@@ -1,6 +1,6 @@
 //! A hostile client: NUL characters, unauthenticated and oversized bodies, slow clients,
-//! malformed requests. Every answer is a 4xx with the envelope, nothing is written, and
-//! nothing costs the server more than its limits.
+//! malformed requests. Every answer is a 4xx (with the envelope once the request reaches
+//! the application), nothing is written, and nothing costs the server more than its limits.
 
 use std::time::Duration;
 
@@ -199,6 +199,11 @@ async fn bodies_over_each_endpoints_limit_are_413_before_they_are_read() {
 
         let message = response.envelope(413);
         assert_eq!(message, "Request body too large", "{route}");
+        assert_eq!(
+            response.header("content-type"),
+            Some("application/json"),
+            "{route}"
+        );
         assert!(response.took < Duration::from_millis(500), "{route}");
     }
 }
@@ -239,7 +244,7 @@ async fn a_body_that_trickles_in_is_cut_off_with_408() {
 }
 
 #[tokio::test]
-async fn a_request_head_that_never_completes_gets_408_with_the_envelope() {
+async fn a_request_head_that_never_completes_is_cut_off_with_408() {
     let app = spawn_app().await;
 
     let response = app
@@ -250,12 +255,13 @@ async fn a_request_head_that_never_completes_gets_408_with_the_envelope() {
         )
         .await;
 
-    response.envelope(408);
+    // Never reaches the application: the HTTP server's own bare 408 (SPEC, HTTP API).
+    assert_eq!(response.status, 408, "{response:?}");
     assert!(response.took < Duration::from_secs(7), "{response:?}");
 }
 
 #[tokio::test]
-async fn malformed_request_lines_and_oversized_heads_get_the_envelope() {
+async fn malformed_request_lines_and_oversized_heads_are_refused_before_the_application() {
     let app = spawn_app().await;
     let many_headers: String = (0..120).map(|i| format!("X-Filler-{i}: x\r\n")).collect();
     let many = format!("GET /healthz HTTP/1.1\r\nHost: x\r\n{many_headers}\r\n");
@@ -284,14 +290,15 @@ async fn malformed_request_lines_and_oversized_heads_get_the_envelope() {
             .raw(&[request], Duration::ZERO, Duration::from_secs(3))
             .await;
 
-        assert_eq!(response.status, status, "{what}");
-        response.envelope(status);
-        assert_eq!(
-            response.header("content-type"),
-            Some("application/json"),
-            "{what}"
+        // The HTTP server's own bare answer (SPEC, HTTP API), given at once.
+        assert_eq!(response.status, status, "{what}: {response:?}");
+        assert!(
+            response.took < Duration::from_secs(2),
+            "{what}: {response:?}"
         );
     }
+    let healthy = app.get("/healthz").await;
+    assert_eq!(healthy.status().as_u16(), 200, "still serving");
 }
 
 #[tokio::test]
@@ -435,7 +442,7 @@ fn long_post_call_event(minutes: u64) -> Value {
 async fn a_one_hour_calls_post_call_event_fits_the_default_limit() {
     let app = spawn_app().await;
     let body = serde_json::to_vec(&long_post_call_event(60)).expect("json");
-    let limit = calls_server::body::BodyLimits::default().post_call;
+    let limit = calls_server::config::BodyLimits::default().post_call;
     eprintln!(
         "one-hour post-call event: {} bytes (limit {limit})",
         body.len()

@@ -14,7 +14,7 @@ fn served() -> BTreeSet<(String, String)> {
 
 #[test]
 fn the_document_lists_exactly_the_routes_the_router_serves() {
-    let documented: BTreeSet<_> = calls_server::openapi::documented_operations()
+    let documented: BTreeSet<_> = calls_server::routes::openapi::documented_operations()
         .into_iter()
         .collect();
     assert_eq!(documented, served());
@@ -61,7 +61,7 @@ async fn openapi_json_is_served_with_schemas_examples_and_security() {
 /// Every status each route can answer, as the handlers and extractors produce them.
 #[test]
 fn the_document_lists_every_status_each_route_returns() {
-    let doc = serde_json::to_value(calls_server::openapi::ApiDoc::openapi()).expect("json");
+    let doc = serde_json::to_value(calls_server::routes::openapi::ApiDoc::openapi()).expect("json");
     let expected: [(&str, &str, &[&str]); 10] = [
         (
             "post",
@@ -109,7 +109,7 @@ fn the_document_lists_every_status_each_route_returns() {
 
 #[test]
 fn a_call_sid_is_documented_as_one_to_255_characters() {
-    let doc = serde_json::to_value(calls_server::openapi::ApiDoc::openapi()).expect("json");
+    let doc = serde_json::to_value(calls_server::routes::openapi::ApiDoc::openapi()).expect("json");
     let body = &doc["components"]["schemas"]["TranscriptionRequest"]["properties"]["call_sid"];
     let path = &doc["paths"]["/calls/{call_sid}"]["get"]["parameters"][0]["schema"];
     for schema in [body, path] {
@@ -121,7 +121,7 @@ fn a_call_sid_is_documented_as_one_to_255_characters() {
 #[tokio::test]
 async fn every_documented_operation_is_answered_by_its_route() {
     let app = spawn_app().await;
-    for (method, path) in calls_server::openapi::documented_operations() {
+    for (method, path) in calls_server::routes::openapi::documented_operations() {
         let url = app.url(&path.replace("{call_sid}", "EL_doc_1"));
         let request = match method.as_str() {
             "GET" => app.client.get(url),

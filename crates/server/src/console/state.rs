@@ -1,0 +1,50 @@
+//! The console's per-instance state. Below `crate::state` (which holds it), so it
+//! depends on nothing of the server but the settings and the console's own leaves.
+
+use std::sync::Arc;
+
+use calls_domain::ports::ConsoleSessions;
+use calls_store_postgres::{CallChange, ChangeFeed, PgConsoleSessions, RetryPolicy};
+use tokio::sync::broadcast;
+
+use super::ConsoleError;
+use super::limiter::{LoginLimiter, LoginLimits};
+use crate::config::Settings;
+
+/// What the console keeps per instance.
+pub struct ConsoleState {
+    sessions: Option<Arc<dyn ConsoleSessions>>,
+    feed: Option<ChangeFeed>,
+    pub limiter: LoginLimiter,
+}
+
+impl ConsoleState {
+    /// Sessions on the service's pool; the change feed on its own connection. Without
+    /// PostgreSQL (tests of other parts with mocks) the console answers 503.
+    pub fn new(settings: &Settings, pool: Option<&calls_store_postgres::DbPool>) -> Self {
+        Self {
+            sessions: pool.map(|pool| {
+                Arc::new(PgConsoleSessions::new(pool.clone(), RetryPolicy::default()))
+                    as Arc<dyn ConsoleSessions>
+            }),
+            feed: pool.map(|_| {
+                ChangeFeed::spawn(
+                    settings.console.listen_url.expose().to_owned(),
+                    settings.database.schema.clone(),
+                )
+            }),
+            limiter: LoginLimiter::new(LoginLimits::default()),
+        }
+    }
+
+    pub(super) fn sessions(&self) -> Result<&Arc<dyn ConsoleSessions>, ConsoleError> {
+        self.sessions.as_ref().ok_or(ConsoleError::Unavailable)
+    }
+
+    pub(super) fn subscribe(&self) -> Result<broadcast::Receiver<CallChange>, ConsoleError> {
+        self.feed
+            .as_ref()
+            .map(ChangeFeed::subscribe)
+            .ok_or(ConsoleError::Unavailable)
+    }
+}

@@ -1,0 +1,42 @@
+//! What every request shares, at the bottom of the server: routes, extractors and
+//! middleware depend on it; it depends on no other module of the server but the settings
+//! and the metrics, so dependencies point one way (startup → routes → extractors/state).
+
+use std::sync::Arc;
+
+use actix_web::{HttpRequest, web};
+use calls_domain::service::{ApplyPostCall, PlaceCalls, ReconcileStale, RecordTurn};
+use calls_domain::{CallRepository, Telephony};
+use calls_store_postgres::{DbPool, RetryCounter};
+
+use crate::config::Settings;
+use crate::errors::ApiError;
+use crate::metrics::Metrics;
+
+/// Shared by every request.
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    pub repository: Arc<dyn CallRepository>,
+    pub telephony: Arc<dyn Telephony>,
+    pub record_turn: RecordTurn,
+    pub place_calls: PlaceCalls,
+    pub post_call: ApplyPostCall,
+    pub reconcile_stale: Arc<ReconcileStale>,
+    pub metrics: Arc<Metrics>,
+    /// For pool gauges; `None` when the repository is not PostgreSQL (tests with mocks).
+    pub pool: Option<DbPool>,
+    /// The PostgreSQL repository's retries, for `db_retries_total`.
+    pub db_retries: Option<RetryCounter>,
+    pub console: crate::console::ConsoleState,
+}
+
+/// The state, for extractors (handlers take `web::Data<AppState>` directly).
+pub(crate) fn app_state(req: &HttpRequest) -> Result<web::Data<AppState>, ApiError> {
+    req.app_data::<web::Data<AppState>>()
+        .cloned()
+        .ok_or_else(|| {
+            ApiError::internal(&std::io::Error::other(
+                "application state is not registered",
+            ))
+        })
+}
