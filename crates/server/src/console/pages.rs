@@ -227,6 +227,7 @@ pub async fn calls(
         layout,
         fields: Vec::new(),
         general_error: None,
+        filter_invalid: false,
         status_options: STATUS_OPTIONS,
         calls: Vec::new(),
         previous_href: None,
@@ -249,6 +250,7 @@ pub async fn calls(
                 None => page.general_error = Some(e.details().to_owned()),
             }
             page.fields = fields;
+            page.filter_invalid = true;
             return Ok(html(HttpResponse::BadRequest(), &page));
         }
     };

@@ -67,6 +67,8 @@ pub struct CallsPage {
     pub layout: Layout,
     pub fields: Vec<FilterField>,
     pub general_error: Option<String>,
+    /// A filter was refused: nothing is listed.
+    pub filter_invalid: bool,
     pub status_options: [(&'static str, &'static str); 4],
     pub calls: Vec<CallItem>,
     pub previous_href: Option<String>,

@@ -444,7 +444,7 @@ async fn pages_are_walked_forward_and_back_by_cursor_links() {
     assert!(again.contains(r#"data-call-sid="EL_2_page""#));
 }
 
-fn post_call_event(conversation_id: &str) -> Value {
+pub fn post_call_event_for(conversation_id: &str) -> Value {
     json!({"type": "post_call_transcription", "event_timestamp": 1_732_183_300, "data": {
         "agent_id": "agent_test",
         "conversation_id": conversation_id,
@@ -466,7 +466,7 @@ fn post_call_event(conversation_id: &str) -> Value {
     }})
 }
 
-async fn post_event(app: &TestApp, event: &Value) {
+pub async fn post_event(app: &TestApp, event: &Value) {
     let body = serde_json::to_vec(event).expect("json");
     let response = app
         .client
@@ -485,7 +485,7 @@ async fn the_call_page_shows_the_outcome_the_data_collection_and_the_transcript_
     let app = spawn_app().await;
     app.create_call("EL_7_2024-11-21 10:00:00#2", Some("conv_page"))
         .await;
-    post_event(&app, &post_call_event("conv_page")).await;
+    post_event(&app, &post_call_event_for("conv_page")).await;
     let browser = logged_in(&app).await;
 
     let (status, body) = browser
@@ -610,7 +610,7 @@ pub async fn read_until(
     seen
 }
 
-async fn post_turn(base: &str, client: &reqwest::Client, sid: &str, message: &str) {
+pub async fn post_turn(base: &str, client: &reqwest::Client, sid: &str, message: &str) {
     let body =
         serde_json::to_vec(&turn_body(sid, "user", message, "2024-11-21T10:00:05Z")).expect("json");
     let response = client
@@ -669,7 +669,7 @@ async fn turns_stored_by_this_or_another_instance_reach_an_open_page_within_2_s(
     assert!(seen.contains("id: 2"), "{seen}");
 
     // The status change too: the call ends, the page gets the final state and stops.
-    post_event(&app, &post_call_event("conv_live")).await;
+    post_event(&app, &post_call_event_for("conv_live")).await;
     let seen = read_until(&mut stream, "event: end", Duration::from_secs(2)).await;
     assert!(seen.contains("event: call"), "{seen}");
     assert!(seen.contains("Completed"), "{seen}");

@@ -2,6 +2,8 @@
 //! ElevenLabs (wiremock).
 
 mod batch_calls;
+#[cfg(feature = "browser-tests")]
+mod browser;
 mod busy_database;
 mod calls;
 mod console;
