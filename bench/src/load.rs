@@ -12,7 +12,7 @@ use tokio::task::JoinSet;
 
 use crate::batch::API_TOKEN;
 use crate::cpu::PerOp;
-use crate::report::Measure;
+use crate::report::{Latencies, Measure};
 
 pub const WEBHOOK_SECRET: &str = "bench-webhook-secret";
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -106,7 +106,7 @@ pub struct Load {
     expect_created: bool,
     non_2xx: u64,
     errors: u64,
-    latencies_us: Vec<u64>,
+    latencies: Latencies,
     pub elapsed: Duration,
     pub cpu: PerOp,
     first_problem: Option<String>,
@@ -128,14 +128,14 @@ impl Load {
         self.other_2xx += other.other_2xx;
         self.non_2xx += other.non_2xx;
         self.errors += other.errors;
-        self.latencies_us.extend(other.latencies_us);
+        self.latencies.add(&other.latencies);
         if self.first_problem.is_none() {
             self.first_problem = other.first_problem;
         }
     }
 
     pub fn completed(&self) -> u64 {
-        u64::try_from(self.latencies_us.len()).unwrap_or(u64::MAX)
+        self.latencies.len()
     }
 
     fn created_total(&self) -> u64 {
@@ -154,16 +154,10 @@ impl Load {
 
     pub fn measure(&self) -> Measure {
         let done = self.completed() as f64;
-        let latencies = {
-            let mut l = self.latencies_us.clone();
-            l.sort_unstable();
-            l
-        };
-        let ms = |p| percentile(&latencies, p).map(|us| us as f64 / 1000.0);
         Measure {
             per_second: done / self.elapsed.as_secs_f64().max(1e-9),
-            p50_ms: ms(50),
-            p99_ms: ms(99),
+            p50_ms: self.latencies.percentile_ms(50.0),
+            p99_ms: self.latencies.percentile_ms(99.0),
             cpu_us: self.cpu,
             errors: self.failures(),
             peak_rss_mib: None,
@@ -198,8 +192,7 @@ impl Load {
         };
         match answer {
             Ok((status, body)) => {
-                let micros = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
-                self.latencies_us.push(micros);
+                self.latencies.record(sent.elapsed());
                 match status {
                     201 => match serde_json::from_str::<Saved>(&body) {
                         Ok(saved) => {
@@ -235,17 +228,6 @@ impl Load {
         self.non_2xx += 1;
         self.first_problem.get_or_insert(problem);
     }
-}
-
-/// Nearest-rank percentile (`p` in 0..=100) of an ascending slice; `None` when empty.
-fn percentile(sorted: &[u64], p: u64) -> Option<u64> {
-    let n = u64::try_from(sorted.len()).ok()?;
-    if n == 0 {
-        return None;
-    }
-    // rank = ceil(p/100 * n), at least 1: integer arithmetic, no rounding surprises.
-    let rank = (p.min(100) * n).div_ceil(100).max(1);
-    sorted.get(usize::try_from(rank - 1).ok()?).copied()
 }
 
 /// The start of a response body, enough to say what went wrong.
@@ -458,16 +440,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn nearest_rank_percentiles() {
-        assert_eq!(percentile(&[], 50), None);
-        assert_eq!(percentile(&[7], 99), Some(7));
-        let hundred: Vec<u64> = (1..=100).collect();
-        assert_eq!(percentile(&hundred, 50), Some(50));
-        assert_eq!(percentile(&hundred, 99), Some(99));
-        assert_eq!(percentile(&[1, 2, 3, 4], 51), Some(3));
-    }
-
-    #[test]
     fn spreads_senders_over_calls() {
         assert!((0..16).all(|s| (1..50).all(|n| call_for(s, n, 16, 1) == 0)));
         for sender in 0..32 {
@@ -525,7 +497,9 @@ mod tests {
     fn a_load_counts_what_went_wrong() {
         let sids = ["a".to_string(), "b".to_string()];
         let mut load = Load::new(&Workload::webhook(&sids, 1));
-        load.latencies_us = vec![1000, 3000, 2000];
+        for us in [1000, 3000, 2000] {
+            load.latencies.record_us(us);
+        }
         load.elapsed = Duration::from_secs(1);
         load.other_2xx = 1;
         let m = load.measure();

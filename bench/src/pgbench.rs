@@ -11,7 +11,7 @@ use tokio::process::Command;
 
 use crate::Options;
 use crate::cpu::{Meter, PerOp};
-use crate::report::Measure;
+use crate::report::{Latencies, Measure};
 
 /// The floor: the cheapest durable way to store a turn, one INSERT per transaction. The
 /// sequence keeps `(conversation_id, sequence_number)` unique without any lookup.
@@ -332,9 +332,8 @@ impl Pgbench {
             .context("starting pgbench")?;
         let after = self.meter.sample(None);
         let stdout = String::from_utf8_lossy(&out.stdout);
-        let mut latencies = self.latencies(&log_prefix).await?;
-        latencies.sort_unstable();
-        let transactions = latencies.len() as u64;
+        let latencies = self.latencies(&log_prefix).await?;
+        let transactions = latencies.len();
         let failed = summary_number(&stdout, "number of failed transactions:").unwrap_or(0.0);
         let problem = if !out.status.success() {
             Some(format!(
@@ -346,12 +345,11 @@ impl Pgbench {
         } else {
             None
         };
-        let ms = |p| percentile_ms(&latencies, p);
         Ok(Run {
             measure: Measure {
                 per_second: summary_number(&stdout, "tps =").unwrap_or(0.0),
-                p50_ms: ms(50),
-                p99_ms: ms(99),
+                p50_ms: latencies.percentile_ms(50.0),
+                p99_ms: latencies.percentile_ms(99.0),
                 cpu_us: PerOp {
                     server: None,
                     ..after.per_op_since(&before, transactions)
@@ -365,12 +363,12 @@ impl Pgbench {
 
     /// Per-transaction latencies from pgbench's logs (`--log`: one file per thread, the
     /// third field of a line is the latency in µs), which are removed afterwards.
-    async fn latencies(&self, prefix: &Path) -> Result<Vec<u64>> {
+    async fn latencies(&self, prefix: &Path) -> Result<Latencies> {
         let stem = prefix
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let mut latencies = Vec::new();
+        let mut latencies = Latencies::default();
         let mut entries = tokio::fs::read_dir(&self.dir).await?;
         while let Some(entry) = entries.next_entry().await? {
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -378,10 +376,9 @@ impl Pgbench {
                 continue;
             }
             let text = tokio::fs::read_to_string(entry.path()).await?;
-            latencies.extend(
-                text.lines()
-                    .filter_map(|line| line.split_whitespace().nth(2)?.parse::<u64>().ok()),
-            );
+            text.lines()
+                .filter_map(|line| line.split_whitespace().nth(2)?.parse::<u64>().ok())
+                .for_each(|us| latencies.record_us(us));
             tokio::fs::remove_file(entry.path()).await?;
         }
         Ok(latencies)
@@ -403,14 +400,6 @@ fn summary_number(stdout: &str, label: &str) -> Option<f64> {
         .and_then(|n| n.parse().ok())
 }
 
-fn percentile_ms(sorted_us: &[u64], p: u64) -> Option<f64> {
-    let n = sorted_us.len() as u64;
-    let rank = (p.min(100) * n).div_ceil(100).max(1);
-    sorted_us
-        .get(usize::try_from(rank - 1).ok()?)
-        .map(|us| *us as f64 / 1000.0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -427,13 +416,6 @@ mod tests {
             Some(2.0)
         );
         assert_eq!(summary_number(stdout, "nothing"), None);
-    }
-
-    #[test]
-    fn percentiles_of_latencies() {
-        assert_eq!(percentile_ms(&[], 50), None);
-        assert_eq!(percentile_ms(&[1000, 2000, 3000, 4000], 50), Some(2.0));
-        assert_eq!(percentile_ms(&[1000, 2000, 3000, 4000], 99), Some(4.0));
     }
 
     #[test]

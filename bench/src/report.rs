@@ -1,8 +1,64 @@
 //! The one table: each figure's median over the rounds, with ratios against the baselines
 //! measured in the same run (the machine decides the absolute numbers; the ratios travel).
 
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+
 use crate::batch::Placement;
 use crate::cpu::PerOp;
+
+/// Latencies in µs in an HDR histogram (3 significant digits): constant memory however
+/// long the run, exact nearest-rank percentiles to that precision.
+#[derive(Debug, Clone)]
+pub struct Latencies(Histogram<u64>);
+
+impl Default for Latencies {
+    fn default() -> Self {
+        // Auto-resizing, so no value is ever out of range.
+        Self(Histogram::new(3).expect("3 significant digits are supported"))
+    }
+}
+
+impl Latencies {
+    pub fn record(&mut self, latency: Duration) {
+        self.record_us(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX));
+    }
+
+    pub fn record_us(&mut self, micros: u64) {
+        // Cannot fail: the histogram grows to fit.
+        let _ = self.0.record(micros);
+    }
+
+    pub fn add(&mut self, other: &Latencies) {
+        let _ = self.0.add(&other.0);
+    }
+
+    pub fn len(&self) -> u64 {
+        self.0.len()
+    }
+
+    /// The `p`-th percentile (0–100), in ms; `None` when empty.
+    pub fn percentile_ms(&self, p: f64) -> Option<f64> {
+        (!self.0.is_empty()).then(|| self.0.value_at_quantile(p / 100.0) as f64 / 1000.0)
+    }
+
+    pub fn max(&self) -> Duration {
+        Duration::from_micros(self.0.max())
+    }
+
+    /// p50 and max, in ms, for the drills' notes.
+    pub fn p50_max(&self) -> String {
+        match self.percentile_ms(50.0) {
+            None => "no answers".to_string(),
+            Some(p50) => format!(
+                "p50 {p50:.0} ms, max {:.0} ms (n={})",
+                self.0.max() as f64 / 1000.0,
+                self.len()
+            ),
+        }
+    }
+}
 
 pub const FLOOR: &str = "pgbench: one-row INSERT per transaction (prepared), spread (the floor)";
 pub const APPEND: &str = "pgbench: the service's append transaction, spread";
@@ -207,6 +263,31 @@ impl Table {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn latencies_give_nearest_rank_percentiles() {
+        // Three significant digits: a value reads back within 0.1 % above itself.
+        let about = |got: Option<f64>, want: f64| {
+            let got = got.unwrap_or(f64::NAN);
+            assert!(got >= want && got <= want * 1.001, "{got} vs {want}");
+        };
+        let mut l = Latencies::default();
+        assert_eq!(
+            (l.percentile_ms(50.0), l.p50_max()),
+            (None, "no answers".to_string())
+        );
+        for ms in [3, 1, 2, 10] {
+            l.record(Duration::from_millis(ms));
+        }
+        about(l.percentile_ms(50.0), 2.0);
+        about(l.percentile_ms(99.0), 10.0);
+        assert_eq!(l.p50_max(), "p50 2 ms, max 10 ms (n=4)");
+        let mut hundred = Latencies::default();
+        (1..=100).for_each(|ms| hundred.record_us(ms * 1000));
+        about(hundred.percentile_ms(50.0), 50.0);
+        about(hundred.percentile_ms(51.0), 51.0);
+        about(hundred.percentile_ms(99.0), 99.0);
+    }
 
     fn measure(per_second: f64) -> Measure {
         Measure {

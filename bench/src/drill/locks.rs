@@ -10,9 +10,10 @@ use serde::Deserialize;
 
 use super::deliver::{self, Answer, Delivery};
 use super::pg::RowLock;
-use super::{Options, Row, p50_max};
+use super::{Options, Row};
 use crate::batch::API_TOKEN;
 use crate::pgbench::Database;
+use crate::report::Latencies;
 use crate::server::Server;
 
 /// Requests at once for the locked call: well over DATABASE_POOL_SIZE (10).
@@ -30,7 +31,7 @@ struct Envelope {
 
 #[derive(Default)]
 struct Seen {
-    latencies: Vec<Duration>,
+    latencies: Latencies,
     /// Answers by status ("none" for no answer).
     statuses: std::collections::BTreeMap<String, u64>,
     /// 5xx whose body was not the envelope.
@@ -40,7 +41,7 @@ struct Seen {
 
 impl Seen {
     fn merge(&mut self, other: Seen) {
-        self.latencies.extend(other.latencies);
+        self.latencies.add(&other.latencies);
         for (status, n) in other.statuses {
             *self.statuses.entry(status).or_default() += n;
         }
@@ -57,7 +58,7 @@ impl Seen {
     }
 
     fn summary(&mut self) -> String {
-        format!("{}, {}", p50_max(&mut self.latencies), self.statuses())
+        format!("{}, {}", self.latencies.p50_max(), self.statuses())
     }
 }
 
@@ -92,7 +93,7 @@ async fn turns(
                 );
                 let sent = Instant::now();
                 let answer = deliver::send(client, base_url, &turn).await;
-                seen.latencies.push(sent.elapsed());
+                seen.latencies.record(sent.elapsed());
                 let status = match &answer {
                     Answer::Created(_) => "201".to_string(),
                     Answer::Repeat(_) => "200".to_string(),
@@ -131,7 +132,7 @@ async fn gets(client: &reqwest::Client, url: &str, senders: usize, deadline: Ins
                 .send()
                 .await
                 .map_or_else(|_| "none".to_string(), |r| r.status().as_u16().to_string());
-            seen.latencies.push(sent.elapsed());
+            seen.latencies.record(sent.elapsed());
             *seen.statuses.entry(status).or_default() += 1;
             // Back-to-back GETs would measure the client; a reader polls.
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -193,7 +194,7 @@ pub async fn drill(
             locked.bare_errors + others.bare_errors
         ));
     }
-    let slowest = |s: &Seen| s.latencies.iter().max().copied().unwrap_or_default();
+    let slowest = |s: &Seen| s.latencies.max();
     if slowest(&ready) > Duration::from_secs(3) || slowest(&read) > Duration::from_secs(3) {
         notes.push("a read route waited over 3 s".to_string());
     }

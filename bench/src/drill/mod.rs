@@ -452,23 +452,6 @@ async fn kill_nine(
     })
 }
 
-/// p50 and max of some latencies, in ms.
-pub fn p50_max(latencies: &mut [Duration]) -> String {
-    if latencies.is_empty() {
-        return "no answers".to_string();
-    }
-    latencies.sort_unstable();
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    let p50 = latencies[(latencies.len() - 1) / 2];
-    let max = latencies[latencies.len() - 1];
-    format!(
-        "p50 {:.0} ms, max {:.0} ms (n={})",
-        ms(p50),
-        ms(max),
-        latencies.len()
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -510,12 +493,5 @@ mod tests {
             (tally.disagreements, tally.failures, tally.acked.len()),
             (1, 1, 5)
         );
-    }
-
-    #[test]
-    fn latencies_read_as_p50_and_max() {
-        assert_eq!(p50_max(&mut []), "no answers");
-        let mut l = [3, 1, 2, 10].map(Duration::from_millis);
-        assert_eq!(p50_max(&mut l), "p50 2 ms, max 10 ms (n=4)");
     }
 }

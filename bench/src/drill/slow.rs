@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use super::{Row, p50_max};
+use super::Row;
+use crate::report::Latencies;
 use crate::server::Server;
 
 const SLOW_CLIENTS: usize = 32;
@@ -27,18 +28,18 @@ struct Ends {
     /// How each ended: the status, or "closed" when the server hung up without one.
     by: BTreeMap<String, u64>,
     /// Time until the end, per client.
-    after: Vec<Duration>,
+    after: Latencies,
 }
 
 impl Ends {
     fn add(&mut self, ended: &str, after: Duration) {
         *self.by.entry(ended.to_string()).or_default() += 1;
-        self.after.push(after);
+        self.after.record(after);
     }
 
     fn summary(&mut self) -> String {
         let by: Vec<String> = self.by.iter().map(|(s, n)| format!("{n}×{s}")).collect();
-        format!("{}, ended {}", by.join(" "), p50_max(&mut self.after))
+        format!("{}, ended {}", by.join(" "), self.after.p50_max())
     }
 }
 
@@ -122,7 +123,7 @@ pub async fn drill(server: &Server) -> Result<Row> {
         both
     };
     let ready = async {
-        let mut latencies = Vec::new();
+        let mut latencies = Latencies::default();
         let mut failures = 0u64;
         let mut rss_peak = 0u64;
         while !done.load(Ordering::SeqCst) {
@@ -132,7 +133,7 @@ pub async fn drill(server: &Server) -> Result<Row> {
                 .send()
                 .await
                 .is_ok_and(|r| r.status().is_success());
-            latencies.push(sent.elapsed());
+            latencies.record(sent.elapsed());
             failures += u64::from(!ok);
             rss_peak = rss_peak.max(server.rss_kib().unwrap_or(0));
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -141,7 +142,7 @@ pub async fn drill(server: &Server) -> Result<Row> {
     };
     let (
         ((mut slow_ends, mut big_ends), (mut slow_auth, mut big_auth)),
-        (mut ready_latencies, ready_failures, rss_peak),
+        (ready_latencies, ready_failures, rss_peak),
     ) = tokio::join!(clients, ready);
     let (hwm_after, rss_after) = (server.peak_rss_kib(), server.rss_kib());
     let mib =
@@ -179,7 +180,7 @@ pub async fn drill(server: &Server) -> Result<Row> {
         mib(rss_after),
         mib(hwm_before),
         mib(hwm_after),
-        p50_max(&mut ready_latencies),
+        ready_latencies.p50_max(),
     );
     Ok(Row {
         drill: "5. slow and oversized clients (without credentials, and with the webhook secret)",

@@ -2,7 +2,6 @@
 //! Twilio integration (`POST /v1/convai/twilio/outbound-call`), and its conversation API
 //! (`GET /v1/convai/conversations/{conversation_id}`) for the stale-call repair.
 
-use std::fmt;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -11,6 +10,7 @@ use calls_domain::models::mask_phone_numbers;
 use calls_domain::ports::{ConversationState, OutboundCall, PlacedCall, Telephony, TelephonyError};
 use reqwest::header::{CONTENT_TYPE, HeaderValue};
 use reqwest::{StatusCode, Url};
+use secrecy::{ExposeSecret, SecretString};
 
 use crate::conversation::parse_conversation;
 use crate::wire::{OutboundCallRequest, OutboundCallResponse, error_detail};
@@ -29,29 +29,16 @@ pub(crate) const MAX_DETAIL_CHARS: usize = 300;
 /// never reached ElevenLabs (`Unreachable`), the latter may have dialed (`Timeout`).
 const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct ElevenLabsConfig {
     /// e.g. [`DEFAULT_BASE_URL`]; a trailing `/` is ignored.
     pub base_url: String,
-    pub api_key: String,
+    pub api_key: SecretString,
     pub agent_id: String,
     /// The id ElevenLabs gave the imported Twilio number the agent calls from.
     pub agent_phone_number_id: String,
     /// Whole request (connect, send, answer). Never retried after it expires.
     pub timeout: Duration,
-}
-
-// Hand-written so the API key can never reach a log line through `{:?}`.
-impl fmt::Debug for ElevenLabsConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ElevenLabsConfig")
-            .field("base_url", &self.base_url)
-            .field("api_key", &"[redacted]")
-            .field("agent_id", &self.agent_id)
-            .field("agent_phone_number_id", &self.agent_phone_number_id)
-            .field("timeout", &self.timeout)
-            .finish()
-    }
 }
 
 /// Why an adapter could not be built. Never contains the API key.
@@ -71,6 +58,7 @@ pub enum ElevenLabsBuildError {
 
 /// [`Telephony`] backed by ElevenLabs. Cheap to share behind an `Arc`; holds one
 /// connection-pooling HTTP client.
+#[derive(Debug)]
 pub struct ElevenLabsTelephony {
     client: reqwest::Client,
     endpoint: Url,
@@ -79,22 +67,16 @@ pub struct ElevenLabsTelephony {
     config: ElevenLabsConfig,
 }
 
-impl fmt::Debug for ElevenLabsTelephony {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ElevenLabsTelephony")
-            .field("endpoint", &self.endpoint.as_str())
-            .field("config", &self.config)
-            .finish_non_exhaustive()
-    }
-}
-
 impl ElevenLabsTelephony {
     pub fn new(config: ElevenLabsConfig) -> Result<Self, ElevenLabsBuildError> {
         for (name, value) in [
-            ("base_url", &config.base_url),
-            ("api_key", &config.api_key),
-            ("agent_id", &config.agent_id),
-            ("agent_phone_number_id", &config.agent_phone_number_id),
+            ("base_url", config.base_url.as_str()),
+            ("api_key", config.api_key.expose_secret()),
+            ("agent_id", config.agent_id.as_str()),
+            (
+                "agent_phone_number_id",
+                config.agent_phone_number_id.as_str(),
+            ),
         ] {
             if value.trim().is_empty() {
                 return Err(ElevenLabsBuildError::Missing(name));
@@ -105,7 +87,7 @@ impl ElevenLabsTelephony {
         }
         let endpoint = endpoint_url(&config.base_url)?;
         let conversations = api_url(&config.base_url, CONVERSATIONS_PATH)?;
-        let mut api_key = HeaderValue::from_str(&config.api_key)
+        let mut api_key = HeaderValue::from_str(config.api_key.expose_secret())
             .map_err(|_| ElevenLabsBuildError::InvalidApiKey)?;
         // Keeps the value out of reqwest's and hyper's own Debug output.
         api_key.set_sensitive(true);
@@ -320,7 +302,7 @@ impl ElevenLabsTelephony {
     /// Provider text without the API key, short.
     fn redact(&self, text: &str) -> String {
         truncate_chars(
-            &text.replace(&self.config.api_key, "[redacted]"),
+            &text.replace(self.config.api_key.expose_secret(), "[redacted]"),
             MAX_DETAIL_CHARS,
         )
     }
@@ -339,7 +321,7 @@ impl ElevenLabsTelephony {
     /// Provider text goes into errors that are logged and stored: never let it carry the
     /// API key or the driver's full number, and keep it short.
     fn clean(&self, text: &str, call: &OutboundCall) -> String {
-        let mut text = text.replace(&self.config.api_key, "[redacted]");
+        let mut text = text.replace(self.config.api_key.expose_secret(), "[redacted]");
         // The number we dialed even where it is glued to other text, then any number in
         // any form (providers reformat it: `15551234567`, `(555) 123-4567`).
         let number = call.to_number.as_str();
@@ -456,7 +438,7 @@ mod tests {
     fn config() -> ElevenLabsConfig {
         ElevenLabsConfig {
             base_url: "https://api.elevenlabs.io/".to_owned(),
-            api_key: "sk_secret".to_owned(),
+            api_key: "sk_secret".into(),
             agent_id: "agent".to_owned(),
             agent_phone_number_id: "phnum".to_owned(),
             timeout: Duration::from_secs(5),
@@ -492,13 +474,13 @@ mod tests {
             Err(ElevenLabsBuildError::InvalidBaseUrl(_))
         ));
         let mut c = config();
-        c.api_key = " ".to_owned();
+        c.api_key = " ".into();
         assert!(matches!(
             ElevenLabsTelephony::new(c),
             Err(ElevenLabsBuildError::Missing("api_key"))
         ));
         let mut c = config();
-        c.api_key = "sk_secret\nInjected: 1".to_owned();
+        c.api_key = "sk_secret\nInjected: 1".into();
         let err = ElevenLabsTelephony::new(c).expect_err("newline in key");
         assert!(matches!(err, ElevenLabsBuildError::InvalidApiKey));
         assert!(!err.to_string().contains("sk_secret"));
@@ -516,7 +498,7 @@ mod tests {
         let telephony = ElevenLabsTelephony::new(config()).expect("valid");
         let shown = format!("{telephony:?} {:?}", config());
         assert!(!shown.contains("sk_secret"), "{shown}");
-        assert!(shown.contains("[redacted]"));
+        assert!(shown.contains("[REDACTED]"), "{shown}");
     }
 
     #[test]

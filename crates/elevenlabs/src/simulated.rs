@@ -15,6 +15,7 @@ use calls_domain::ConversationId;
 use calls_domain::ports::{ConversationState, OutboundCall, PlacedCall, Telephony, TelephonyError};
 use reqwest::Url;
 use reqwest::header::{CONTENT_TYPE, HeaderValue};
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
@@ -42,12 +43,12 @@ static CALL_COUNTER: AtomicU64 = AtomicU64::new(0);
 /// Conversations remembered for the conversation API; the oldest are forgotten first.
 const REMEMBERED_CONVERSATIONS: usize = 10_000;
 
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct SimulatedConfig {
     /// Where this service listens, e.g. `http://127.0.0.1:8080`.
     pub webhook_base_url: String,
     /// The server's `WEBHOOK_SECRET`; signs every delivery.
-    pub webhook_secret: String,
+    pub webhook_secret: SecretString,
     /// Pause before the first turn and between turns.
     pub turn_interval: Duration,
     /// Turn number (1-based) whose per-turn webhook is not delivered, as if ElevenLabs lost
@@ -61,27 +62,14 @@ pub struct SimulatedConfig {
 impl SimulatedConfig {
     pub const DEFAULT_TURN_INTERVAL: Duration = Duration::from_millis(150);
 
-    pub fn new(webhook_base_url: impl Into<String>, webhook_secret: impl Into<String>) -> Self {
+    pub fn new(webhook_base_url: impl Into<String>, webhook_secret: SecretString) -> Self {
         Self {
             webhook_base_url: webhook_base_url.into(),
-            webhook_secret: webhook_secret.into(),
+            webhook_secret,
             turn_interval: Self::DEFAULT_TURN_INTERVAL,
             drop_turn: None,
             skip_post_call: false,
         }
-    }
-}
-
-// The secret must not reach logs through `{:?}`.
-impl fmt::Debug for SimulatedConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SimulatedConfig")
-            .field("webhook_base_url", &self.webhook_base_url)
-            .field("webhook_secret", &"[redacted]")
-            .field("turn_interval", &self.turn_interval)
-            .field("drop_turn", &self.drop_turn)
-            .field("skip_post_call", &self.skip_post_call)
-            .finish()
     }
 }
 
@@ -103,7 +91,7 @@ struct Shared {
     client: reqwest::Client,
     transcription_url: Url,
     post_call_url: Url,
-    secret: String,
+    secret: SecretString,
     turn_interval: Duration,
     drop_turn: Option<usize>,
     skip_post_call: bool,
@@ -409,7 +397,7 @@ impl Shared {
         let mut backoff = FIRST_BACKOFF;
         for attempt in 1..=MAX_ATTEMPTS {
             let signature = sign(
-                &self.secret,
+                self.secret.expose_secret(),
                 OffsetDateTime::now_utc().unix_timestamp(),
                 &bytes,
             );

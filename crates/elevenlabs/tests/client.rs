@@ -19,7 +19,7 @@ fn config(base_url: &str, timeout: Duration) -> ElevenLabsConfig {
     ElevenLabsConfig {
         // The trailing slash must not produce `//v1/...`.
         base_url: format!("{base_url}/"),
-        api_key: API_KEY.to_owned(),
+        api_key: API_KEY.into(),
         agent_id: "agent_123".to_owned(),
         agent_phone_number_id: "phnum_456".to_owned(),
         timeout,

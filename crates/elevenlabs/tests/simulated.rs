@@ -28,7 +28,7 @@ fn telephony_with(
 ) -> SimulatedTelephony {
     let mut config = SimulatedConfig {
         turn_interval: Duration::from_millis(10),
-        ..SimulatedConfig::new(server.uri(), SECRET)
+        ..SimulatedConfig::new(server.uri(), SECRET.into())
     };
     customize(&mut config);
     SimulatedTelephony::new(config).expect("valid config")
@@ -237,7 +237,7 @@ async fn each_call_gets_its_own_conversation_id() {
 
 #[test]
 fn an_invalid_webhook_base_url_is_refused_and_the_secret_is_not_shown() {
-    let config = SimulatedConfig::new("not a url", SECRET);
+    let config = SimulatedConfig::new("not a url", SECRET.into());
     assert_eq!(config.turn_interval, Duration::from_millis(150));
     assert!(!format!("{config:?}").contains(SECRET));
     assert!(SimulatedTelephony::new(config).is_err());

@@ -1,8 +1,12 @@
 //! Command line and environment: every setting is an environment variable and a flag.
+//! Ranges are checked here, so a refused value is named by its variable (clap's value
+//! name is the variable's name); secrets are `SecretString` from the start.
 
 use std::net::SocketAddr;
 
+use clap::builder::RangedU64ValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use secrecy::SecretString;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -56,25 +60,26 @@ pub struct LogArgs {
     pub log_format: LogFormat,
 }
 
+// The timeouts start at 1 ms: 0 would mean "wait forever" to PostgreSQL and deadpool alike.
 #[derive(Debug, Clone, Args)]
 pub struct DbArgs {
     /// PostgreSQL connection URL.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: Option<String>,
+    pub database_url: Option<SecretString>,
     /// Schema holding the tables (the legacy deployment uses `dev`).
     #[arg(long, env = "DATABASE_SCHEMA", default_value = "public")]
     pub database_schema: String,
     /// Connections in the pool.
-    #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 10)]
+    #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 10, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
     pub database_pool_size: usize,
     /// How long a request waits for a free pooled connection (then 500, not retried).
-    #[arg(long, env = "DATABASE_POOL_WAIT_MS", default_value_t = 2_000)]
+    #[arg(long, env = "DATABASE_POOL_WAIT_MS", default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub database_pool_wait_ms: u64,
     /// `statement_timeout` of every pooled connection.
-    #[arg(long, env = "DATABASE_STATEMENT_TIMEOUT_MS", default_value_t = 5_000)]
+    #[arg(long, env = "DATABASE_STATEMENT_TIMEOUT_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub database_statement_timeout_ms: u64,
     /// `lock_timeout` of every pooled connection.
-    #[arg(long, env = "DATABASE_LOCK_TIMEOUT_MS", default_value_t = 500)]
+    #[arg(long, env = "DATABASE_LOCK_TIMEOUT_MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..))]
     pub database_lock_timeout_ms: u64,
 }
 
@@ -101,23 +106,23 @@ pub struct ServeArgs {
     )]
     pub elevenlabs_base_url: String,
     #[arg(long, env = "ELEVENLABS_API_KEY", hide_env_values = true)]
-    pub elevenlabs_api_key: Option<String>,
+    pub elevenlabs_api_key: Option<SecretString>,
     #[arg(long, env = "ELEVENLABS_AGENT_ID")]
     pub elevenlabs_agent_id: Option<String>,
     #[arg(long, env = "ELEVENLABS_AGENT_PHONE_NUMBER_ID")]
     pub elevenlabs_agent_phone_number_id: Option<String>,
     /// Timeout of one outbound-call request to ElevenLabs.
-    #[arg(long, env = "ELEVENLABS_TIMEOUT_SECS", default_value_t = 15)]
+    #[arg(long, env = "ELEVENLABS_TIMEOUT_SECS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
     pub elevenlabs_timeout_secs: u64,
     /// Shared secret of the webhooks (HMAC key, or the bearer token of the webhook tool).
     #[arg(long, env = "WEBHOOK_SECRET", hide_env_values = true)]
-    pub webhook_secret: Option<String>,
+    pub webhook_secret: Option<SecretString>,
     /// How long a turn for a Call still waiting for its conversation_id may wait.
     #[arg(long, env = "WEBHOOK_CONVERSATION_WAIT_MS", default_value_t = 5000)]
     pub webhook_conversation_wait_ms: u64,
     /// Bearer token of the batch-call and reading APIs.
     #[arg(long, env = "API_TOKEN", hide_env_values = true)]
-    pub api_token: Option<String>,
+    pub api_token: Option<SecretString>,
     #[arg(long, env = "TRANSFER_TO_NUMBER", default_value = "+18005551234")]
     pub transfer_to_number: String,
     #[arg(long, env = "DISPATCHER_NAME", default_value = "AGY Dispatcher")]
@@ -126,19 +131,20 @@ pub struct ServeArgs {
     #[arg(long, env = "PUBLIC_BASE_URL")]
     pub public_base_url: Option<String>,
     /// Drivers of one batch dialed at once.
-    #[arg(long, env = "CALL_CONCURRENCY", default_value_t = 8)]
+    #[arg(long, env = "CALL_CONCURRENCY", default_value_t = 8, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
     pub call_concurrency: usize,
+    // Body limits start at 1 KiB: below that not even a valid request fits.
     /// Largest accepted body of the batch-call API, in bytes (about 400 per driver).
-    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 1024 * 1024, value_parser = RangedU64ValueParser::<usize>::new().range(1024..))]
     pub max_body_bytes: usize,
     /// Largest accepted body of the transcription webhook (one dialogue turn), in bytes.
-    #[arg(long, env = "TRANSCRIPTION_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    #[arg(long, env = "TRANSCRIPTION_MAX_BODY_BYTES", default_value_t = 64 * 1024, value_parser = RangedU64ValueParser::<usize>::new().range(1024..))]
     pub transcription_max_body_bytes: usize,
     /// Largest accepted body of the post-call webhook (a whole transcript), in bytes.
-    #[arg(long, env = "POST_CALL_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
+    #[arg(long, env = "POST_CALL_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024, value_parser = RangedU64ValueParser::<usize>::new().range(1024..))]
     pub post_call_max_body_bytes: usize,
     /// How long reading one request body may take (then 408).
-    #[arg(long, env = "BODY_READ_TIMEOUT_SECS", default_value_t = 10)]
+    #[arg(long, env = "BODY_READ_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub body_read_timeout_secs: u64,
     /// Run without WEBHOOK_SECRET / API_TOKEN: endpoints without a secret are open.
     /// For local development only.
@@ -151,15 +157,15 @@ pub struct ServeArgs {
     #[arg(long, env = "RECONCILE_AFTER_SECS", default_value_t = 1800)]
     pub reconcile_after_secs: u64,
     /// How long a console login lasts, in seconds.
-    #[arg(long, env = "CONSOLE_SESSION_TTL_SECS", default_value_t = 43_200)]
+    #[arg(long, env = "CONSOLE_SESSION_TTL_SECS", default_value_t = 43_200, value_parser = clap::value_parser!(u64).range(1..))]
     pub console_session_ttl_secs: u64,
     /// A direct (unpooled) PostgreSQL URL for the console's LISTEN connection, needed when
     /// DATABASE_URL goes through a pooler in transaction mode; default DATABASE_URL.
     #[arg(long, env = "DATABASE_DIRECT_URL", hide_env_values = true)]
-    pub database_direct_url: Option<String>,
+    pub database_direct_url: Option<SecretString>,
     /// TELEPHONY=simulated: do not deliver this turn's webhook (1-based), so the post-call
     /// reconciliation can be seen restoring it.
-    #[arg(long, env = "SIMULATED_DROP_TURN")]
+    #[arg(long, env = "SIMULATED_DROP_TURN", value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
     pub simulated_drop_turn: Option<usize>,
     /// TELEPHONY=simulated: send no post-call event, so the Call stays in_progress until
     /// the stale-call reconciliation completes it.
@@ -201,7 +207,7 @@ pub struct BackfillArgs {
     #[command(flatten)]
     pub db: DbArgs,
     /// Rows per transaction.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(i64).range(1..))]
     pub batch_size: i64,
     /// Count and preview, write nothing.
     #[arg(long)]

@@ -1,7 +1,8 @@
 //! The one-shot subcommands: thin wrappers over the store crate's operations.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -59,26 +60,14 @@ pub async fn run_backfill(args: &BackfillArgs) -> anyhow::Result<()> {
         batch_size: args.batch_size,
         dry_run: args.dry_run,
     };
-    let progress = |done: i64, total: i64| {
-        // A one-line progress bar on stderr.
-        let width = 40_i64;
-        let filled = if total > 0 {
-            (done * width / total).clamp(0, width)
-        } else {
-            width
-        };
-        let percent = if total > 0 { done * 100 / total } else { 100 };
-        let bar: String = (0..width)
-            .map(|i| if i < filled { '#' } else { '-' })
-            .collect();
-        let mut err = std::io::stderr();
-        let _ = write!(err, "\r[{bar}] {done}/{total} ({percent}%)");
-        let _ = err.flush();
-    };
+    let progress = Progress::new(std::io::stderr().is_terminal());
+    let progress = |done: i64, total: i64| progress.report(done, total);
     let report = backfill_call_sids(&config, options, &progress)
         .await
         .context("backfill failed")?;
-    eprintln!();
+    if std::io::stderr().is_terminal() {
+        eprintln!();
+    }
     if report.dry_run {
         println!(
             "dry run: {} rows without call_sid; the first batch would get:",
@@ -94,6 +83,58 @@ pub async fn run_backfill(args: &BackfillArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Backfill progress on stderr: a bar redrawn in place (`\r`) on a terminal; in a log file,
+/// where `\r` would make one endless line, a plain line at every tenth of the way.
+struct Progress {
+    terminal: bool,
+    /// The last tenth reported as a line.
+    reported_tenth: AtomicI64,
+}
+
+impl Progress {
+    fn new(terminal: bool) -> Self {
+        Self {
+            terminal,
+            reported_tenth: AtomicI64::new(-1),
+        }
+    }
+
+    fn report(&self, done: i64, total: i64) {
+        let mut err = std::io::stderr();
+        if self.terminal {
+            let _ = write!(err, "\r{}", progress_bar(done, total));
+            let _ = err.flush();
+        } else if let Some(line) = self.line(done, total) {
+            let _ = writeln!(err, "{line}");
+        }
+    }
+
+    /// The line to log for this batch, if it crosses into a new tenth.
+    fn line(&self, done: i64, total: i64) -> Option<String> {
+        let tenth = if total > 0 { done * 10 / total } else { 10 };
+        let previous = self.reported_tenth.fetch_max(tenth, Ordering::Relaxed);
+        (tenth > previous).then(|| format!("backfill: {}", counts(done, total)))
+    }
+}
+
+fn counts(done: i64, total: i64) -> String {
+    let percent = if total > 0 { done * 100 / total } else { 100 };
+    format!("{done}/{total} ({percent}%)")
+}
+
+fn progress_bar(done: i64, total: i64) -> String {
+    let width = 40_i64;
+    let filled = if total > 0 {
+        (done * width / total).clamp(0, width)
+    } else {
+        width
+    };
+    let bar: String = (0..width)
+        .map(|i| if i < filled { '#' } else { '-' })
+        .collect();
+    format!("[{bar}] {}", counts(done, total))
 }
 
 /// One stale-call pass now: one line per Call examined on stdout (see
@@ -181,4 +222,38 @@ pub fn tool_config(args: &ToolConfigArgs) -> serde_json::Value {
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_file_gets_one_plain_line_per_tenth() {
+        let progress = Progress::new(false);
+        let lines: Vec<String> = [0, 50, 99, 100, 250, 1000]
+            .into_iter()
+            .filter_map(|done| progress.line(done, 1000))
+            .collect();
+
+        assert_eq!(
+            lines,
+            [
+                "backfill: 0/1000 (0%)",
+                "backfill: 100/1000 (10%)",
+                "backfill: 250/1000 (25%)",
+                "backfill: 1000/1000 (100%)"
+            ]
+        );
+        assert!(lines.iter().all(|l| !l.contains('\r')));
+    }
+
+    #[test]
+    fn the_terminal_bar_is_filled_in_proportion() {
+        assert_eq!(
+            progress_bar(500, 1000),
+            format!("[{}{}] 500/1000 (50%)", "#".repeat(20), "-".repeat(20))
+        );
+        assert!(progress_bar(0, 0).ends_with("0/0 (100%)"));
+    }
 }

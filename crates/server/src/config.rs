@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use calls_store_postgres::{DbConfig, SchemaName};
+use secrecy::{ExposeSecret, SecretString};
 
 use crate::cli::{DbArgs, ServeArgs, TelephonyKind};
 
@@ -16,31 +17,11 @@ pub enum ConfigError {
     Invalid { name: &'static str, reason: String },
 }
 
-/// A secret that never shows in `Debug` output or logs.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
 #[derive(Debug, Clone)]
 pub enum TelephonySettings {
     ElevenLabs {
         base_url: String,
-        api_key: Secret,
+        api_key: SecretString,
         agent_id: String,
         agent_phone_number_id: String,
         timeout: Duration,
@@ -54,8 +35,8 @@ pub struct Settings {
     pub database: DbConfig,
     pub telephony: TelephonySettings,
     /// `None` only when running open for development.
-    pub webhook_secret: Option<Secret>,
-    pub api_token: Option<Secret>,
+    pub webhook_secret: Option<SecretString>,
+    pub api_token: Option<SecretString>,
     pub conversation_wait: Duration,
     pub transfer_to_number: String,
     pub dispatcher_name: String,
@@ -79,7 +60,7 @@ pub struct ConsoleSettings {
     /// `Secure` on the session cookie: PUBLIC_BASE_URL is https.
     pub secure_cookie: bool,
     /// Where the change feed LISTENs: DATABASE_DIRECT_URL, else DATABASE_URL.
-    pub listen_url: Secret,
+    pub listen_url: SecretString,
 }
 
 /// How `TELEPHONY=simulated` misbehaves on purpose (demos); ignored otherwise.
@@ -95,6 +76,13 @@ fn non_empty(value: Option<&String>) -> Option<String> {
     value.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
 }
 
+/// A secret without surrounding white space (an `.env` line often has some); `None` when
+/// empty.
+fn non_empty_secret(value: Option<&SecretString>) -> Option<SecretString> {
+    let value = value?.expose_secret().trim();
+    (!value.is_empty()).then(|| SecretString::from(value))
+}
+
 pub fn database_config(
     args: &DbArgs,
     missing: &mut Vec<&'static str>,
@@ -103,32 +91,10 @@ pub fn database_config(
         name: "DATABASE_SCHEMA",
         reason: e.to_string(),
     })?;
-    if args.database_pool_size == 0 {
-        return Err(ConfigError::Invalid {
-            name: "DATABASE_POOL_SIZE",
-            reason: "must be at least 1".into(),
-        });
-    }
-    let Some(url) = non_empty(args.database_url.as_ref()) else {
+    let Some(url) = non_empty_secret(args.database_url.as_ref()) else {
         missing.push("DATABASE_URL");
         return Ok(None);
     };
-    for (name, value) in [
-        ("DATABASE_POOL_WAIT_MS", args.database_pool_wait_ms),
-        (
-            "DATABASE_STATEMENT_TIMEOUT_MS",
-            args.database_statement_timeout_ms,
-        ),
-        ("DATABASE_LOCK_TIMEOUT_MS", args.database_lock_timeout_ms),
-    ] {
-        if value == 0 {
-            // 0 would mean "wait forever" to PostgreSQL and deadpool alike.
-            return Err(ConfigError::Invalid {
-                name,
-                reason: "must be at least 1".into(),
-            });
-        }
-    }
     let mut config = DbConfig::new(url, schema);
     config.pool_size = args.database_pool_size;
     config.wait_timeout = Duration::from_millis(args.database_pool_wait_ms);
@@ -166,6 +132,10 @@ impl Settings {
         let telephony = match args.telephony {
             TelephonyKind::Simulated => TelephonySettings::Simulated,
             TelephonyKind::Elevenlabs => {
+                let api_key = non_empty_secret(args.elevenlabs_api_key.as_ref());
+                if api_key.is_none() {
+                    missing.push("ELEVENLABS_API_KEY");
+                }
                 let mut need = |value: Option<&String>, name: &'static str| {
                     let v = non_empty(value);
                     if v.is_none() {
@@ -173,7 +143,6 @@ impl Settings {
                     }
                     v.unwrap_or_default()
                 };
-                let api_key = need(args.elevenlabs_api_key.as_ref(), "ELEVENLABS_API_KEY");
                 let agent_id = need(args.elevenlabs_agent_id.as_ref(), "ELEVENLABS_AGENT_ID");
                 let phone_id = need(
                     args.elevenlabs_agent_phone_number_id.as_ref(),
@@ -181,16 +150,16 @@ impl Settings {
                 );
                 TelephonySettings::ElevenLabs {
                     base_url: args.elevenlabs_base_url.trim_end_matches('/').to_owned(),
-                    api_key: Secret::new(api_key),
+                    api_key: api_key.unwrap_or_default(),
                     agent_id,
                     agent_phone_number_id: phone_id,
-                    timeout: Duration::from_secs(args.elevenlabs_timeout_secs.max(1)),
+                    timeout: Duration::from_secs(args.elevenlabs_timeout_secs),
                 }
             }
         };
 
-        let webhook_secret = non_empty(args.webhook_secret.as_ref()).map(Secret::new);
-        let api_token = non_empty(args.api_token.as_ref()).map(Secret::new);
+        let webhook_secret = non_empty_secret(args.webhook_secret.as_ref());
+        let api_token = non_empty_secret(args.api_token.as_ref());
         if serving && !args.insecure_dev {
             if webhook_secret.is_none() {
                 missing.push("WEBHOOK_SECRET");
@@ -199,23 +168,11 @@ impl Settings {
                 missing.push("API_TOKEN");
             }
         }
-        if args.call_concurrency == 0 {
-            return Err(ConfigError::Invalid {
-                name: "CALL_CONCURRENCY",
-                reason: "must be at least 1".into(),
-            });
-        }
         let Some(database) = database.filter(|_| missing.is_empty()) else {
             return Err(ConfigError::Missing(missing));
         };
-        if args.console_session_ttl_secs == 0 {
-            return Err(ConfigError::Invalid {
-                name: "CONSOLE_SESSION_TTL_SECS",
-                reason: "must be at least 1".into(),
-            });
-        }
-        let listen_url =
-            non_empty(args.database_direct_url.as_ref()).unwrap_or_else(|| database.url.clone());
+        let listen_url = non_empty_secret(args.database_direct_url.as_ref())
+            .unwrap_or_else(|| database.url.clone());
         let public_base_url = non_empty(args.public_base_url.as_ref())
             .unwrap_or_else(|| format!("http://{}", args.bind_addr))
             .trim_end_matches('/')
@@ -230,19 +187,18 @@ impl Settings {
             transfer_to_number: args.transfer_to_number.clone(),
             dispatcher_name: args.dispatcher_name.clone(),
             call_concurrency: args.call_concurrency,
-            // Below 1 KiB not even a valid request fits.
             body_limits: BodyLimits {
-                transcription: args.transcription_max_body_bytes.max(1024),
-                batch: args.max_body_bytes.max(1024),
-                post_call: args.post_call_max_body_bytes.max(1024),
+                transcription: args.transcription_max_body_bytes,
+                batch: args.max_body_bytes,
+                post_call: args.post_call_max_body_bytes,
             },
-            body_read_timeout: Duration::from_secs(args.body_read_timeout_secs.max(1)),
+            body_read_timeout: Duration::from_secs(args.body_read_timeout_secs),
             insecure_dev: args.insecure_dev,
             reconcile_interval: (args.reconcile_interval_secs > 0)
                 .then(|| Duration::from_secs(args.reconcile_interval_secs)),
             reconcile_after: Duration::from_secs(args.reconcile_after_secs),
             simulation: SimulationSettings {
-                drop_turn: args.simulated_drop_turn.filter(|n| *n > 0),
+                drop_turn: args.simulated_drop_turn,
                 skip_post_call: args.simulated_skip_post_call,
             },
             console: ConsoleSettings {
@@ -250,7 +206,7 @@ impl Settings {
                 secure_cookie: public_base_url
                     .get(..8)
                     .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://")),
-                listen_url: Secret::new(listen_url),
+                listen_url,
             },
             public_base_url,
         })
@@ -426,7 +382,7 @@ mod tests {
         assert_eq!(settings.console.session_ttl, Duration::from_secs(43_200));
         assert!(!settings.console.secure_cookie);
         assert_eq!(
-            settings.console.listen_url.expose(),
+            settings.console.listen_url.expose_secret(),
             "postgres://localhost/x"
         );
 
@@ -446,16 +402,20 @@ mod tests {
         .expect("valid");
         assert_eq!(settings.console.session_ttl, Duration::from_secs(600));
         assert!(settings.console.secure_cookie, "https: Secure cookies");
-        assert_eq!(settings.console.listen_url.expose(), "postgres://primary/x");
+        assert_eq!(
+            settings.console.listen_url.expose_secret(),
+            "postgres://primary/x"
+        );
         assert!(
-            parse(&[
+            crate::cli::Cli::try_parse_from([
+                "calls-server",
                 "--database-url",
                 "postgres://localhost/x",
                 "--console-session-ttl-secs",
                 "0",
-                "--insecure-dev",
             ])
-            .is_err()
+            .is_err(),
+            "a session must last at least a second"
         );
     }
 
@@ -469,5 +429,43 @@ mod tests {
         ])
         .expect_err("invalid");
         assert!(err.to_string().contains("DATABASE_SCHEMA"));
+    }
+
+    #[test]
+    fn values_out_of_range_are_refused_naming_the_variable() {
+        for (flag, value, variable) in [
+            ("--database-pool-size", "0", "DATABASE_POOL_SIZE"),
+            ("--database-pool-wait-ms", "0", "DATABASE_POOL_WAIT_MS"),
+            (
+                "--database-lock-timeout-ms",
+                "0",
+                "DATABASE_LOCK_TIMEOUT_MS",
+            ),
+            ("--call-concurrency", "0", "CALL_CONCURRENCY"),
+            ("--elevenlabs-timeout-secs", "0", "ELEVENLABS_TIMEOUT_SECS"),
+            ("--max-body-bytes", "1023", "MAX_BODY_BYTES"),
+            ("--body-read-timeout-secs", "0", "BODY_READ_TIMEOUT_SECS"),
+        ] {
+            let err = crate::cli::Cli::try_parse_from([
+                "calls-server",
+                "--database-url",
+                "postgres://x/y",
+                flag,
+                value,
+            ])
+            .expect_err(flag);
+            assert!(err.to_string().contains(variable), "{err}");
+        }
+        let at_the_floor = parse(&[
+            "--database-url",
+            "postgres://x/y",
+            "--telephony",
+            "simulated",
+            "--insecure-dev",
+            "--max-body-bytes",
+            "1024",
+        ])
+        .expect("1024 is allowed");
+        assert_eq!(at_the_floor.body_limits.batch, 1024);
     }
 }

@@ -10,6 +10,8 @@ use diesel_async::AsyncPgConnection;
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
+use secrecy::ExposeSecret;
+
 use crate::errors::StoreError;
 use crate::pool::{DbConfig, SchemaName};
 
@@ -77,7 +79,7 @@ pub async fn migrate(
 ) -> Result<MigrationReport, StoreError> {
     let config = config.clone();
     run_blocking(move || {
-        let mut conn = open(&config.url, &config.schema)?;
+        let mut conn = open(config.url.expose_secret(), &config.schema)?;
         lock(&mut conn, &config.schema)?;
         let result = migrate_locked(&mut conn, &config.schema, &command);
         let _ = conn.batch_execute(&unlock_sql(&config.schema));
@@ -90,7 +92,7 @@ pub async fn migrate(
 pub async fn migration_status(config: &DbConfig) -> Result<MigrationStatus, StoreError> {
     let config = config.clone();
     run_blocking(move || {
-        let mut conn = open(&config.url, &config.schema)?;
+        let mut conn = open(config.url.expose_secret(), &config.schema)?;
         let applied = applied_versions(&mut conn)?;
         let pending = all_migrations()?
             .iter()

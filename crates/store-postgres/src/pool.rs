@@ -6,6 +6,7 @@ use diesel_async::pooled_connection::deadpool::Pool;
 use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
 use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
 use futures_util::FutureExt;
+use secrecy::{ExposeSecret, SecretString};
 
 use crate::errors::StoreError;
 
@@ -57,9 +58,10 @@ impl fmt::Display for SchemaName {
 /// webhook tool gives up after `response_timeout_secs` (20 s in our tool config; its
 /// default is about 20 s too). A pool that stays full, a row lock that is never released or
 /// a statement that never ends each fail one attempt within seconds instead.
-#[derive(Clone)]
+/// `Debug` shows the URL as `[REDACTED]`: it may carry a password.
+#[derive(Debug, Clone)]
 pub struct DbConfig {
-    pub url: String,
+    pub url: SecretString,
     pub schema: SchemaName,
     pub pool_size: usize,
     /// How long a request waits for a free connection. Not retried: a pool that is full now
@@ -75,21 +77,6 @@ pub struct DbConfig {
     pub lock_timeout: Duration,
 }
 
-impl fmt::Debug for DbConfig {
-    // The URL may carry a password.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DbConfig")
-            .field("url", &redact_url(&self.url))
-            .field("schema", &self.schema)
-            .field("pool_size", &self.pool_size)
-            .field("wait_timeout", &self.wait_timeout)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("statement_timeout", &self.statement_timeout)
-            .field("lock_timeout", &self.lock_timeout)
-            .finish()
-    }
-}
-
 /// Defaults of [`DbConfig`]; docs/operations.md explains the figures.
 pub const DEFAULT_POOL_WAIT: Duration = Duration::from_secs(2);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -99,7 +86,7 @@ pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_millis(500);
 
 impl DbConfig {
-    pub fn new(url: impl Into<String>, schema: SchemaName) -> Self {
+    pub fn new(url: impl Into<SecretString>, schema: SchemaName) -> Self {
         Self {
             url: url.into(),
             schema,
@@ -109,20 +96,6 @@ impl DbConfig {
             statement_timeout: DEFAULT_STATEMENT_TIMEOUT,
             lock_timeout: DEFAULT_LOCK_TIMEOUT,
         }
-    }
-}
-
-/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let Some((userinfo, host)) = rest.split_once('@') else {
-        return url.to_owned();
-    };
-    match userinfo.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_owned(),
     }
 }
 
@@ -160,7 +133,7 @@ pub fn application_name(schema: &SchemaName) -> String {
 /// Opens one connection with the session set up (used outside the pool, e.g. migrations).
 pub(crate) async fn connect(config: &DbConfig) -> Result<AsyncPgConnection, ConnectionError> {
     establish(
-        &config.url,
+        config.url.expose_secret(),
         &session_setup_sql(&config.schema),
         config.connect_timeout,
     )
@@ -249,7 +222,7 @@ fn pool(
         async move { establish(url, &setup_sql, connect_timeout).await }.boxed()
     });
     let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(
-        &config.url,
+        config.url.expose_secret(),
         manager_config,
     );
     Pool::builder(manager)
@@ -293,14 +266,5 @@ mod tests {
             "{sql}"
         );
         assert!(!session_setup_sql(&config.schema).contains("timeout"));
-    }
-
-    #[test]
-    fn passwords_are_redacted() {
-        assert_eq!(
-            redact_url("postgres://u:secret@h:5432/db"),
-            "postgres://u:***@h:5432/db"
-        );
-        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
     }
 }

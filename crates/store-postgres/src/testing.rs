@@ -9,6 +9,7 @@ use diesel::prelude::*;
 use diesel::sql_types::Text;
 use diesel_async::pooled_connection::deadpool::Object;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use secrecy::ExposeSecret;
 
 use crate::{
     DbConfig, DbPool, MigrateCommand, PgCallRepository, RetryPolicy, SchemaName, build_pool,
@@ -109,7 +110,7 @@ impl TestDatabase {
     /// Terminates every server connection of this schema's pools (like an admin or a
     /// failover would), from a connection of its own; returns how many were killed.
     pub async fn terminate_connections(&self) -> usize {
-        let mut admin = AsyncPgConnection::establish(&self.config.url)
+        let mut admin = AsyncPgConnection::establish(self.config.url.expose_secret())
             .await
             .unwrap_or_else(|e| panic!("admin connection: {e}"));
         #[derive(QueryableByName)]
@@ -195,7 +196,7 @@ pub async fn strings_on(pool: &DbPool, sql: &str) -> Vec<String> {
 
 impl Drop for TestDatabase {
     fn drop(&mut self) {
-        let url = self.config.url.clone();
+        let url = self.config.url.expose_secret().to_owned();
         let sql = format!(
             "DROP SCHEMA IF EXISTS {} CASCADE",
             self.config.schema.quoted()

@@ -9,6 +9,9 @@
 //!
 //! Pure: the repository runs it inside the transaction that holds the Call's row lock.
 
+use std::hash::Hash;
+
+use similar::{Algorithm, DiffOp};
 use time::{Duration, OffsetDateTime};
 
 use crate::models::{CallTranscription, EventTurn, SpeakerType};
@@ -65,10 +68,6 @@ impl TranscriptPlan {
         self.renumbered().next().is_none() && self.inserted().next().is_none()
     }
 }
-
-/// Above this many cells the exact alignment (quadratic memory) gives way to a greedy
-/// in-order match; real calls are far below it.
-const MAX_ALIGNMENT_CELLS: usize = 4_000_000;
 
 fn normalized(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
@@ -192,53 +191,20 @@ pub fn plan(
 }
 
 /// Index pairs `(stored, event)` of matching turns, increasing in both: a longest common
-/// subsequence (or a greedy in-order match for huge inputs).
-fn align<T: PartialEq>(stored: &[T], event: &[T]) -> Vec<(usize, usize)> {
-    let (n, m) = (stored.len(), event.len());
-    if n == 0 || m == 0 {
-        return Vec::new();
-    }
-    if (n + 1).saturating_mul(m + 1) > MAX_ALIGNMENT_CELLS {
-        return greedy_align(stored, event);
-    }
-    // lcs[i][j] = length of the LCS of stored[i..] and event[j..].
-    let width = m + 1;
-    let mut lcs = vec![0u32; (n + 1) * width];
-    for i in (0..n).rev() {
-        for j in (0..m).rev() {
-            lcs[i * width + j] = if stored[i] == event[j] {
-                lcs[(i + 1) * width + j + 1] + 1
-            } else {
-                lcs[(i + 1) * width + j].max(lcs[i * width + j + 1])
-            };
-        }
-    }
-    let (mut i, mut j) = (0, 0);
-    let mut pairs = Vec::with_capacity(lcs[0] as usize);
-    while i < n && j < m {
-        if stored[i] == event[j] {
-            pairs.push((i, j));
-            i += 1;
-            j += 1;
-        } else if lcs[(i + 1) * width + j] >= lcs[i * width + j + 1] {
-            i += 1;
-        } else {
-            j += 1;
-        }
-    }
-    pairs
-}
-
-fn greedy_align<T: PartialEq>(stored: &[T], event: &[T]) -> Vec<(usize, usize)> {
-    let mut pairs = Vec::new();
-    let mut from = 0;
-    for (j, item) in event.iter().enumerate() {
-        if let Some(offset) = stored[from..].iter().position(|s| s == item) {
-            pairs.push((from + offset, j));
-            from += offset + 1;
-        }
-    }
-    pairs
+/// subsequence, by Myers' diff (linear memory, so a long call is aligned exactly too).
+fn align<T: Eq + Hash>(stored: &[T], event: &[T]) -> Vec<(usize, usize)> {
+    similar::capture_diff_slices(Algorithm::Myers, stored, event)
+        .into_iter()
+        .filter_map(|op| match op {
+            DiffOp::Equal {
+                old_index,
+                new_index,
+                len,
+            } => Some((0..len).map(move |k| (old_index + k, new_index + k))),
+            _ => None,
+        })
+        .flatten()
+        .collect()
 }
 
 #[cfg(test)]
@@ -505,8 +471,28 @@ mod tests {
     }
 
     #[test]
-    fn greedy_alignment_matches_in_order() {
-        assert_eq!(greedy_align(&[1, 2, 3], &[2, 9, 3]), [(1, 0), (2, 2)]);
+    fn alignment_matches_in_order() {
         assert_eq!(align(&[1, 2, 3], &[2, 9, 3]), [(1, 0), (2, 2)]);
+        assert_eq!(align::<u8>(&[], &[1]), []);
+    }
+
+    /// The old quadratic table gave way to a greedy match above 4 M cells; Myers' diff is
+    /// exact at any size.
+    #[test]
+    fn a_long_transcript_is_aligned_exactly() {
+        let event: Vec<u32> = (0..5_000).map(|i| i % 7).collect();
+        // Every 10th turn lost: the stored turns are a subsequence of the event.
+        let stored: Vec<u32> = event
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % 10 != 5)
+            .map(|(_, v)| *v)
+            .collect();
+
+        let pairs = align(&stored, &event);
+
+        assert_eq!(pairs.len(), stored.len());
+        assert!(pairs.iter().all(|&(s, e)| stored[s] == event[e]));
+        assert!(pairs.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 < w[1].1));
     }
 }

@@ -3,6 +3,8 @@ use std::future::{Ready, ready};
 use actix_web::dev::Payload;
 use actix_web::{FromRequest, HttpRequest};
 
+use secrecy::ExposeSecret;
+
 use super::{AuthError, bearer, constant_time_eq};
 use crate::errors::ApiError;
 use crate::state::app_state;
@@ -18,7 +20,7 @@ fn check(req: &HttpRequest) -> Result<ApiToken, ApiError> {
         return Ok(ApiToken);
     };
     match bearer(req) {
-        Some(provided) if constant_time_eq(provided, token.expose()) => Ok(ApiToken),
+        Some(provided) if constant_time_eq(provided, token.expose_secret()) => Ok(ApiToken),
         Some(_) => Err(AuthError::InvalidApiToken.into()),
         None => Err(AuthError::MissingApiToken.into()),
     }

@@ -9,6 +9,8 @@ use calls_elevenlabs::signature::{self, DEFAULT_TOLERANCE_SECS, SIGNATURE_HEADER
 use serde::de::DeserializeOwned;
 use time::OffsetDateTime;
 
+use secrecy::ExposeSecret;
+
 use super::{AuthError, bearer, constant_time_eq};
 use crate::body::{BodyError, is_json, parse_json, read_body};
 use crate::config::BodyLimits;
@@ -108,13 +110,19 @@ async fn verify<E: WebhookEndpoint>(
         let now = OffsetDateTime::now_utc().unix_timestamp();
         signature::check_header(header, now, DEFAULT_TOLERANCE_SECS).map_err(rejected)?;
         let body = read_body(&req, payload, limit, timeout).await?;
-        signature::verify(secret.expose(), header, &body, now, DEFAULT_TOLERANCE_SECS)
-            .map_err(rejected)?;
+        signature::verify(
+            secret.expose_secret(),
+            header,
+            &body,
+            now,
+            DEFAULT_TOLERANCE_SECS,
+        )
+        .map_err(rejected)?;
         return Ok(verified(body));
     }
     if E::AUTH == WebhookAuth::SignatureOrBearer {
         if let Some(provided) = bearer(&req) {
-            if !constant_time_eq(provided, secret.expose()) {
+            if !constant_time_eq(provided, secret.expose_secret()) {
                 return Err(AuthError::InvalidWebhookSecret.into());
             }
             return Ok(verified(read_body(&req, payload, limit, timeout).await?));

@@ -77,7 +77,10 @@ pub async fn login(
     let form: LoginForm = serde_urlencoded::from_bytes(&body).unwrap_or_default();
     let provided = form.token.unwrap_or_default();
     let accepted = match state.settings.api_token.as_ref() {
-        Some(token) => crate::auth::constant_time_eq(provided.trim(), token.expose()),
+        Some(token) => crate::auth::constant_time_eq(
+            provided.trim(),
+            secrecy::ExposeSecret::expose_secret(token),
+        ),
         None => true,
     };
     if !accepted {

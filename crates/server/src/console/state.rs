@@ -29,7 +29,7 @@ impl ConsoleState {
             }),
             feed: pool.map(|_| {
                 ChangeFeed::spawn(
-                    settings.console.listen_url.expose().to_owned(),
+                    settings.console.listen_url.clone(),
                     settings.database.schema.clone(),
                 )
             }),

@@ -1,4 +1,5 @@
 use calls_server::metrics::OutcomeLabel;
+use secrecy::ExposeSecret;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -141,7 +142,7 @@ async fn test_call_creation_workflow() {
             }
         })))
         .respond_with(CheckDbThenSucceed {
-            url: app.db.config().url.clone(),
+            url: app.db.config().url.expose_secret().to_owned(),
             schema: app.db.schema().to_string(),
             seen: seen.clone(),
         })

@@ -4,9 +4,7 @@ use std::time::Duration;
 
 use calls_domain::{CallRepository, CallSid, ConversationId, NewCall};
 use calls_server::config::{BodyLimits, DEFAULT_BODY_READ_TIMEOUT};
-use calls_server::config::{
-    ConsoleSettings, Secret, Settings, SimulationSettings, TelephonySettings,
-};
+use calls_server::config::{ConsoleSettings, Settings, SimulationSettings, TelephonySettings};
 use calls_server::startup::Application;
 use calls_server::state::AppState;
 use calls_store_postgres::testing::TestDatabase;
@@ -39,13 +37,13 @@ pub fn settings_for(database: DbConfig, elevenlabs_uri: &str) -> Settings {
         bind_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         telephony: TelephonySettings::ElevenLabs {
             base_url: elevenlabs_uri.to_owned(),
-            api_key: Secret::new("xi_test_key"),
+            api_key: "xi_test_key".into(),
             agent_id: "agent_test".into(),
             agent_phone_number_id: "phnum_test".into(),
             timeout: Duration::from_secs(2),
         },
-        webhook_secret: Some(Secret::new(WEBHOOK_SECRET)),
-        api_token: Some(Secret::new(API_TOKEN)),
+        webhook_secret: Some(WEBHOOK_SECRET.into()),
+        api_token: Some(API_TOKEN.into()),
         conversation_wait: Duration::from_millis(400),
         transfer_to_number: "+18005551234".into(),
         dispatcher_name: "AGY Dispatcher".into(),
@@ -61,7 +59,7 @@ pub fn settings_for(database: DbConfig, elevenlabs_uri: &str) -> Settings {
         console: ConsoleSettings {
             session_ttl: Duration::from_secs(43_200),
             secure_cookie: false,
-            listen_url: Secret::new(database.url.clone()),
+            listen_url: database.url.clone(),
         },
         database,
     }

@@ -81,7 +81,7 @@ async fn a_database_outage_gives_500_and_not_ready_then_recovers_without_restart
     let real_url = calls_store_postgres::testing::test_database_url();
     let (target, via_proxy) = split_host(&real_url);
     let proxy = Proxy::start(target).await;
-    let app = spawn_app_with(|s| s.database.url = via_proxy(proxy.port)).await;
+    let app = spawn_app_with(|s| s.database.url = via_proxy(proxy.port).into()).await;
     app.create_call("EL_31_outage", Some("conv_outage")).await;
     let before = app
         .post_transcription(&turn_body(

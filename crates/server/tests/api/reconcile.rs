@@ -2,6 +2,7 @@
 //! API: every branch of SPEC's "Stale calls", the timer in `serve`, the advisory lock, and
 //! the `calls-server reconcile` subcommand.
 
+use secrecy::ExposeSecret;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -464,7 +465,7 @@ async fn the_reconcile_subcommand_prints_one_line_per_call() {
     command
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("DATABASE_URL", &app.db.config().url)
+        .env("DATABASE_URL", app.db.config().url.expose_secret())
         .env("DATABASE_SCHEMA", app.db.schema().as_str())
         .env("ELEVENLABS_BASE_URL", app.elevenlabs.uri())
         .env("ELEVENLABS_API_KEY", "xi_test_key")

@@ -1,5 +1,6 @@
 //! The binary itself: required settings, one-shot subcommands, graceful shutdown.
 
+use secrecy::ExposeSecret;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -82,7 +83,7 @@ async fn sigterm_finishes_in_flight_requests_then_exits() {
     };
     let mut child = binary()
         .arg("serve")
-        .env("DATABASE_URL", &db.config().url)
+        .env("DATABASE_URL", db.config().url.expose_secret())
         .env("DATABASE_SCHEMA", db.schema().as_str())
         .env("BIND_ADDR", format!("127.0.0.1:{port}"))
         .env("TELEPHONY", "simulated")

@@ -2,6 +2,7 @@ use std::time::Duration;
 
 use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
 use futures_util::StreamExt;
+use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
@@ -59,7 +60,7 @@ pub struct ChangeFeed {
 impl ChangeFeed {
     /// Starts listening on `url` (a direct connection: LISTEN does not survive a pooler in
     /// transaction mode). Needs a tokio runtime.
-    pub fn spawn(url: String, schema: SchemaName) -> Self {
+    pub fn spawn(url: SecretString, schema: SchemaName) -> Self {
         let (sender, _) = broadcast::channel(CAPACITY);
         let task = tokio::spawn(listen_forever(url, schema, sender.clone()));
         Self { sender, task }
@@ -76,11 +77,15 @@ impl Drop for ChangeFeed {
     }
 }
 
-async fn listen_forever(url: String, schema: SchemaName, sender: broadcast::Sender<CallChange>) {
+async fn listen_forever(
+    url: SecretString,
+    schema: SchemaName,
+    sender: broadcast::Sender<CallChange>,
+) {
     let channel = channel_name(&schema);
     let mut backoff = FIRST_BACKOFF;
     loop {
-        match connect(&url, &schema, &channel).await {
+        match connect(url.expose_secret(), &schema, &channel).await {
             Ok(conn) => {
                 tracing::info!(%channel, "console change feed listening");
                 backoff = FIRST_BACKOFF;
