@@ -9,8 +9,16 @@ use crate::models::{
     ConversationId, EventTurn, NewCall, NewTurn,
 };
 
+pub mod batches;
 pub mod console_sessions;
 pub mod telephony;
+
+pub use batches::{
+    BatchRepository, ClaimRequest, ClaimedAttempt, NewBatch, NewRecipient, PredialAnswer,
+    PredialCheck, PredialRequest, SweepOutcome,
+};
+#[cfg(any(test, feature = "mocks"))]
+pub use batches::{MockBatchRepository, MockPredialCheck};
 
 #[cfg(any(test, feature = "mocks"))]
 pub use console_sessions::MockConsoleSessions;

@@ -1,5 +1,6 @@
 //! Use cases. Each takes its ports as `Arc<dyn …>` so the HTTP layer stays non-generic.
 
+pub mod batches;
 pub mod place_calls;
 pub mod post_call;
 pub mod prompt;
@@ -7,6 +8,7 @@ pub mod reconcile_stale;
 pub mod record_turn;
 pub mod transcript_merge;
 
+pub use batches::{CancelBatch, CreateBatch, CreateBatchError, DialOutcome, Dialer, ReadBatches};
 pub use place_calls::{BatchOutcome, DriverCallResult, PlaceCalls, PlaceCallsError};
 pub use post_call::{ApplyPostCall, PostCallError, PostCallEvent, PostCallOutcome};
 pub use prompt::CallContext;

@@ -596,3 +596,38 @@ async fn the_conversation_id_is_one_encoded_path_segment() {
         .expect("answered");
     assert!(matches!(state, ConversationState::Pending { .. }));
 }
+
+/// SPEC: an outbound-call answer 4xx other than 408 and 429 is not re-dialed; everything
+/// else is. The adapter keeps the HTTP status so the batch dialer can tell.
+#[tokio::test]
+async fn each_answer_carries_what_the_redial_rule_needs() {
+    let cases = [
+        (400, Some(400), false),
+        (401, Some(401), false),
+        (403, Some(403), false),
+        (404, Some(404), false),
+        (422, Some(422), false),
+        (408, Some(408), true),
+        (429, Some(429), true),
+        (500, Some(500), true),
+        (503, Some(503), true),
+    ];
+    for (answer, status, redialable) in cases {
+        let err = place_with(ResponseTemplate::new(answer).set_body_string("no"))
+            .await
+            .expect_err("an error");
+        assert_eq!(err.status(), status, "{answer}: {err:?}");
+        assert_eq!(err.is_redialable(), redialable, "{answer}: {err:?}");
+    }
+    let not_placed = place_with(json_response(200, json!({"success": false})))
+        .await
+        .expect_err("not placed");
+    assert!(not_placed.is_redialable(), "success:false is re-dialed");
+    let slow = place_with_timeout(
+        ResponseTemplate::new(200).set_delay(Duration::from_millis(500)),
+        Duration::from_millis(100),
+    )
+    .await
+    .expect_err("timeout");
+    assert!(slow.is_redialable(), "a timeout is re-dialed: {slow:?}");
+}

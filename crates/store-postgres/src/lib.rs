@@ -7,6 +7,7 @@
 //! errors never leave this crate.
 
 mod backfill;
+mod batches;
 mod console;
 mod errors;
 mod listing;
@@ -21,6 +22,7 @@ mod schema;
 pub mod testing;
 
 pub use backfill::{BackfillOptions, BackfillReport, backfill_call_sids};
+pub use batches::PgBatchRepository;
 pub use console::{CallChange, ChangeFeed, PgConsoleSessions, channel_name};
 pub use errors::StoreError;
 pub use migrations::{

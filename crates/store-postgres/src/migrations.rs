@@ -304,6 +304,7 @@ mod tests {
                 "0008_call_outcome",
                 "0009_calls_listing_indexes",
                 "0010_append_turn_function",
+                "0011_batches",
                 "0012_console",
             ]
         );

@@ -13,6 +13,8 @@ diesel::table! {
         updated_at -> Timestamptz,
         failure_reason -> Nullable<Text>,
         outcome -> Nullable<Jsonb>,
+        recipient_id -> Nullable<Int8>,
+        attempt -> Nullable<Int4>,
     }
 }
 
@@ -28,7 +30,43 @@ diesel::table! {
     }
 }
 
-diesel::allow_tables_to_appear_in_same_query!(calls, call_transcriptions);
+diesel::table! {
+    batches (id) {
+        id -> Uuid,
+        call_type -> Text,
+        timestamp -> Text,
+        created_at -> Timestamptz,
+        cancelled_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    batch_recipients (id) {
+        id -> Int8,
+        batch_id -> Uuid,
+        position -> Int4,
+        driver_id -> Int8,
+        driver_name -> Text,
+        phone_number -> Varchar,
+        custom_rules -> Text,
+        trip_id -> Text,
+        violations -> Jsonb,
+        first_call_sid -> Varchar,
+        time_zone -> Text,
+        call_window -> Text,
+        redial_delays_secs -> Array<Int4>,
+        expires_at -> Timestamptz,
+        state -> Text,
+        attempt -> Int4,
+        next_attempt_at -> Nullable<Timestamptz>,
+        held_since -> Nullable<Timestamptz>,
+        failure_reason -> Nullable<Text>,
+        last_check -> Nullable<Jsonb>,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::joinable!(batch_recipients -> batches (batch_id));
 
 diesel::table! {
     console_sessions (id_hash) {
@@ -37,3 +75,10 @@ diesel::table! {
         expires_at -> Timestamptz,
     }
 }
+
+diesel::allow_tables_to_appear_in_same_query!(
+    calls,
+    call_transcriptions,
+    batches,
+    batch_recipients
+);

@@ -12,8 +12,8 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncC
 use secrecy::ExposeSecret;
 
 use crate::{
-    DbConfig, DbPool, MigrateCommand, PgCallRepository, RetryPolicy, SchemaName, build_pool,
-    migrate,
+    DbConfig, DbPool, MigrateCommand, PgBatchRepository, PgCallRepository, RetryPolicy, SchemaName,
+    build_pool, migrate,
 };
 
 pub struct TestDatabase {
@@ -89,6 +89,10 @@ impl TestDatabase {
 
     pub fn repository(&self) -> PgCallRepository {
         PgCallRepository::new(self.pool.clone(), RetryPolicy::default())
+    }
+
+    pub fn batch_repository(&self) -> PgBatchRepository {
+        PgBatchRepository::new(self.pool.clone(), RetryPolicy::default())
     }
 
     /// A pooled connection with the test schema on its search_path.

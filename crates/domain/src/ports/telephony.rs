@@ -62,6 +62,31 @@ pub enum TelephonyError {
     Unexpected(String),
 }
 
+impl TelephonyError {
+    /// The HTTP status of the provider's answer, when there was one.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Self::Unauthorized { status }
+            | Self::Rejected { status, .. }
+            | Self::ServerError { status } => Some(*status),
+            Self::RateLimited { .. } => Some(429),
+            Self::NotPlaced { .. }
+            | Self::MissingConversationId
+            | Self::Timeout(_)
+            | Self::Unreachable(_)
+            | Self::Unexpected(_) => None,
+        }
+    }
+
+    /// Whether a batch may dial the driver again after this failure: not after an answer
+    /// 4xx other than 408 and 429 (a rejected number or a configuration problem), yes
+    /// after anything else (busy, no answer, timeouts, 5xx, `success:false`, …).
+    pub fn is_redialable(&self) -> bool {
+        self.status()
+            .is_none_or(crate::models::is_redialable_status)
+    }
+}
+
 #[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
 #[async_trait::async_trait]
 pub trait Telephony: Send + Sync + 'static {

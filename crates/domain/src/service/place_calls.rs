@@ -145,37 +145,7 @@ impl PlaceCalls {
     }
 
     fn outbound(&self, driver: &DriverCall) -> OutboundCall {
-        // Spoken by the agent, so plain "kind: description" items rather than a list.
-        let summary = driver
-            .violations
-            .iter()
-            .map(|v| format!("{}: {}", v.kind, v.description))
-            .collect::<Vec<_>>()
-            .join("; ");
-        let mut vars = BTreeMap::new();
-        vars.insert("call_sid".to_owned(), driver.call_sid.to_string());
-        vars.insert("driver_id".to_owned(), driver.driver_id.to_string());
-        vars.insert("driver_name".to_owned(), driver.driver_name.clone());
-        vars.insert("trip_id".to_owned(), driver.trip_id.clone());
-        vars.insert("violation_summary".to_owned(), summary);
-        vars.insert(
-            "triggers_count".to_owned(),
-            driver.violations.len().to_string(),
-        );
-        vars.insert(
-            "transfer_to".to_owned(),
-            self.context.transfer_to_number.clone(),
-        );
-        vars.insert(
-            "dispatcher_name".to_owned(),
-            self.context.dispatcher_name.clone(),
-        );
-        OutboundCall {
-            call_sid: driver.call_sid.clone(),
-            to_number: driver.phone_number.clone(),
-            prompt: prompt::render(driver, &self.context),
-            dynamic_variables: vars,
-        }
+        outbound_call(driver, &self.context)
     }
 
     #[tracing::instrument(name = "place_call", skip_all, fields(call_sid = %driver.call_sid, to = %driver.phone_number.masked()))]
@@ -234,6 +204,38 @@ impl PlaceCalls {
                 One::Done(Box::new(failed(driver, &reason)))
             }
         }
+    }
+}
+
+/// The outbound request for one driver (the batch dialer sends the same).
+pub fn outbound_call(driver: &DriverCall, context: &CallContext) -> OutboundCall {
+    // Spoken by the agent, so plain "kind: description" items rather than a list.
+    let summary = driver
+        .violations
+        .iter()
+        .map(|v| format!("{}: {}", v.kind, v.description))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let mut vars = BTreeMap::new();
+    vars.insert("call_sid".to_owned(), driver.call_sid.to_string());
+    vars.insert("driver_id".to_owned(), driver.driver_id.to_string());
+    vars.insert("driver_name".to_owned(), driver.driver_name.clone());
+    vars.insert("trip_id".to_owned(), driver.trip_id.clone());
+    vars.insert("violation_summary".to_owned(), summary);
+    vars.insert(
+        "triggers_count".to_owned(),
+        driver.violations.len().to_string(),
+    );
+    vars.insert("transfer_to".to_owned(), context.transfer_to_number.clone());
+    vars.insert(
+        "dispatcher_name".to_owned(),
+        context.dispatcher_name.clone(),
+    );
+    OutboundCall {
+        call_sid: driver.call_sid.clone(),
+        to_number: driver.phone_number.clone(),
+        prompt: prompt::render(driver, context),
+        dynamic_variables: vars,
     }
 }
 

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use time::{Duration, OffsetDateTime};
 
 use crate::models::{Call, CallSid, CallStatus, ConversationId, ConversationReport};
-use crate::ports::{CallFinish, CallRepository, Ending, Finished, RepositoryError};
+use crate::ports::{
+    BatchRepository, CallFinish, CallRepository, Ending, Finished, RepositoryError,
+};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PostCallEvent {
@@ -54,11 +56,38 @@ pub type PostCallError = super::StoreFailure;
 
 pub struct ApplyPostCall {
     repository: Arc<dyn CallRepository>,
+    batches: Option<Arc<dyn BatchRepository>>,
 }
 
 impl ApplyPostCall {
     pub fn new(repository: Arc<dyn CallRepository>) -> Self {
-        Self { repository }
+        Self {
+            repository,
+            batches: None,
+        }
+    }
+
+    /// Also settles the batch recipient whose attempt the Call is, before answering, so
+    /// the batch view is right as soon as the webhook got its 2xx.
+    pub fn with_batches(mut self, batches: Arc<dyn BatchRepository>) -> Self {
+        self.batches = Some(batches);
+        self
+    }
+
+    /// Settles the recipient of an ended Call; repeated settles change nothing, so an
+    /// unchanged Call is settled again too (a crash may have come between the two).
+    async fn settle(&self, outcome: PostCallOutcome) -> Result<PostCallOutcome, PostCallError> {
+        let call_sid = match &outcome {
+            PostCallOutcome::Completed { call_sid, .. }
+            | PostCallOutcome::Updated { call_sid, .. }
+            | PostCallOutcome::Failed(call_sid)
+            | PostCallOutcome::Unchanged(call_sid) => call_sid,
+            PostCallOutcome::UnknownCall => return Ok(outcome),
+        };
+        if let Some(batches) = &self.batches {
+            super::batches::settle_ended_call(batches.as_ref(), call_sid).await?;
+        }
+        Ok(outcome)
     }
 
     /// By conversation_id; else by our call_sid (an outbound request that timed out on our
@@ -138,7 +167,7 @@ impl ApplyPostCall {
                 "transcript reconciled with the provider's"
             );
         }
-        Ok(if done.status_changed {
+        let outcome = if done.status_changed {
             PostCallOutcome::Completed {
                 call_sid,
                 turns_inserted: done.turns_inserted,
@@ -150,7 +179,8 @@ impl ApplyPostCall {
                 call_sid,
                 turns_inserted: done.turns_inserted,
             }
-        })
+        };
+        self.settle(outcome).await
     }
 
     /// Fails an `in_progress` Call with `reason`; any other Call is left as it is.
@@ -161,7 +191,9 @@ impl ApplyPostCall {
         reason: String,
     ) -> Result<PostCallOutcome, PostCallError> {
         if call.status.is_terminal() {
-            return Ok(PostCallOutcome::Unchanged(call.call_sid.clone()));
+            return self
+                .settle(PostCallOutcome::Unchanged(call.call_sid.clone()))
+                .await;
         }
         let finish = CallFinish {
             conversation_id,
@@ -170,13 +202,14 @@ impl ApplyPostCall {
                 reason,
             },
         };
-        Ok(match self.finish(call, finish).await? {
+        let outcome = match self.finish(call, finish).await? {
             None => PostCallOutcome::UnknownCall,
             Some(done) if done.status_changed && done.call.status == CallStatus::Failed => {
                 PostCallOutcome::Failed(done.call.call_sid)
             }
             Some(done) => PostCallOutcome::Unchanged(done.call.call_sid),
-        })
+        };
+        self.settle(outcome).await
     }
 
     #[tracing::instrument(name = "post_call", skip_all)]
@@ -317,6 +350,67 @@ mod tests {
             .expect("ok");
 
         assert!(matches!(outcome, PostCallOutcome::Unchanged(_)));
+    }
+
+    #[tokio::test]
+    async fn with_batches_the_recipient_is_settled_before_the_answer_also_on_a_repeat() {
+        for (status, changed) in [
+            (CallStatus::Completed, true),
+            (CallStatus::Completed, false),
+        ] {
+            let mut repo = MockCallRepository::new();
+            repo.expect_get_by_conversation_id()
+                .returning(|_| Ok(Some(call(CallStatus::InProgress, Some("conv_1")))));
+            repo.expect_finish_call()
+                .returning(move |_, _| Ok(finished(status, changed, 0)));
+            let mut batches = crate::ports::MockBatchRepository::new();
+            batches
+                .expect_settle_call()
+                .withf(|sid, redialable, _| sid.as_str() == "EL_1_x" && *redialable)
+                .times(1)
+                .returning(|_, _, _| Ok(Some(crate::models::RecipientState::Completed)));
+            ApplyPostCall::new(Arc::new(repo))
+                .with_batches(Arc::new(batches))
+                .execute(&PostCallEvent::Transcription(report(None)))
+                .await
+                .expect("ok");
+        }
+    }
+
+    #[tokio::test]
+    async fn with_batches_an_unknown_call_settles_nothing_and_a_settle_failure_is_an_error() {
+        let mut repo = MockCallRepository::new();
+        repo.expect_get_by_conversation_id().returning(|_| Ok(None));
+        let mut batches = crate::ports::MockBatchRepository::new();
+        batches.expect_settle_call().times(0);
+        let outcome = ApplyPostCall::new(Arc::new(repo))
+            .with_batches(Arc::new(batches))
+            .execute(&PostCallEvent::Transcription(report(None)))
+            .await
+            .expect("ok");
+        assert_eq!(outcome, PostCallOutcome::UnknownCall);
+
+        let mut repo = MockCallRepository::new();
+        repo.expect_get_by_conversation_id()
+            .returning(|_| Ok(Some(call(CallStatus::InProgress, Some("conv_1")))));
+        repo.expect_finish_call()
+            .returning(|_, _| Ok(finished(CallStatus::Failed, true, 0)));
+        let mut batches = crate::ports::MockBatchRepository::new();
+        batches
+            .expect_settle_call()
+            .returning(|_, _, _| Err(RepositoryError::Unavailable("down".into())));
+        let failed = ApplyPostCall::new(Arc::new(repo))
+            .with_batches(Arc::new(batches))
+            .execute(&PostCallEvent::InitiationFailure {
+                conversation_id: Some(ConversationId::parse("conv_1").expect("conv")),
+                call_sid: None,
+                failure_reason: "busy".into(),
+            })
+            .await;
+        assert!(
+            matches!(failed, Err(PostCallError::Unavailable(_))),
+            "{failed:?}"
+        );
     }
 
     #[tokio::test]

@@ -157,6 +157,13 @@ impl ReconcileStale {
         }
     }
 
+    /// Also settles the batch recipient of every attempt it ends (see
+    /// [`ApplyPostCall::with_batches`]): a re-dialable failure is re-dialed by the rule.
+    pub fn with_batches(mut self, batches: Arc<dyn crate::ports::BatchRepository>) -> Self {
+        self.post_call = self.post_call.with_batches(batches);
+        self
+    }
+
     /// Runs one pass over the Calls `in_progress` for longer than `older_than`, unless
     /// another instance is running one.
     ///
@@ -527,6 +534,24 @@ mod tests {
             lines[0]
         );
         assert_eq!(lines[1].result.label(), "not_found");
+    }
+
+    #[tokio::test]
+    async fn with_batches_a_stale_attempt_failed_by_the_repair_is_settled_for_its_redial() {
+        let mut repo = repo_with(vec![call("EL_7_g#2", None)]);
+        repo.expect_finish_call().times(1).returning(finish_answer);
+        let mut telephony = MockTelephony::new();
+        telephony.expect_fetch_conversation().times(0);
+        let mut batches = crate::ports::MockBatchRepository::new();
+        batches
+            .expect_settle_call()
+            .withf(|sid, redialable, _| sid.as_str() == "EL_7_g#2" && *redialable)
+            .times(1)
+            .returning(|_, _, _| Ok(Some(crate::models::RecipientState::Scheduled)));
+
+        let lines = run(&reconciler(repo, telephony).with_batches(Arc::new(batches))).await;
+
+        assert_eq!(lines.len(), 1);
     }
 
     #[tokio::test]
