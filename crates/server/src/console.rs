@@ -10,6 +10,7 @@ use actix_web::{HttpResponse, HttpResponseBuilder, ResponseError, web};
 use askama::Template;
 use calls_domain::RepositoryError;
 
+mod batches;
 mod limiter;
 mod live;
 mod pages;
@@ -33,6 +34,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/calls", web::get().to(pages::calls))
             .route("/calls/{call_sid}", web::get().to(pages::call))
             .route("/calls/{call_sid}/events", web::get().to(live::events))
+            .route("/batches", web::get().to(batches::list))
+            .route("/batches/{batch_id}", web::get().to(batches::show))
+            .route(
+                "/batches/{batch_id}/cancel",
+                web::post().to(batches::cancel),
+            )
             .route("/static/console.css", web::get().to(pages::stylesheet))
             .route("/static/live.js", web::get().to(pages::script))
             .default_service(web::to(pages::unknown_page)),

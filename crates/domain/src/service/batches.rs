@@ -163,6 +163,14 @@ impl ReadBatches {
     pub async fn list(&self, query: &BatchListQuery) -> Result<BatchPage, StoreFailure> {
         Ok(self.batches.list_batches(query).await?)
     }
+
+    /// The batch and attempt of a Call (`None` when it is no batch's attempt).
+    pub async fn attempt_of(
+        &self,
+        call_sid: &CallSid,
+    ) -> Result<Option<(BatchId, u32)>, StoreFailure> {
+        Ok(self.batches.attempt_of_call(call_sid).await?)
+    }
 }
 
 /// `POST /batches/{id}/cancel`.

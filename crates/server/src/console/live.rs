@@ -21,7 +21,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::ConsoleError;
 use super::session::ConsoleSession;
-use super::views::{CallDetail, CallStateFragment, TurnFragment, TurnItem};
+use super::views::{BatchLink, CallDetail, CallStateFragment, TurnFragment, TurnItem};
 use crate::state::AppState;
 
 /// A comment this often keeps proxies from closing an idle stream.
@@ -69,6 +69,8 @@ struct Live {
     conversation_id: Option<String>,
     last_seq: i32,
     last_state: Option<String>,
+    /// The Call's batch and attempt, which never change.
+    batch: Option<BatchLink>,
     changes: broadcast::Receiver<CallChange>,
     pending: VecDeque<Bytes>,
     finished: bool,
@@ -115,7 +117,8 @@ impl Live {
             }
             self.last_seq = self.last_seq.max(turn.sequence_number);
         }
-        let detail = CallDetail::from_call(&call);
+        let mut detail = CallDetail::from_call(&call);
+        detail.batch = self.batch.clone();
         if let Ok(state) = (CallStateFragment { call: &detail }).render() {
             if self.last_state.as_deref() != Some(state.as_str()) {
                 self.pending.push_back(event("call", None, &state));
@@ -177,12 +180,19 @@ pub async fn events(
     if state.repository.get_by_call_sid(&call_sid).await?.is_none() {
         return Err(not_found());
     }
+    let batch = state
+        .console
+        .read_batches()?
+        .attempt_of(&call_sid)
+        .await?
+        .map(|(batch_id, attempt)| BatchLink::new(&batch_id, attempt));
     let mut live = Live {
         repository: state.repository.clone(),
         call_sid,
         conversation_id: None,
         last_seq: already_shown(&req),
         last_state: None,
+        batch,
         changes,
         // Reconnect quickly after a dropped connection.
         pending: VecDeque::from([Bytes::from_static(b"retry: 1000\n\n")]),

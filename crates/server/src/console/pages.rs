@@ -11,8 +11,8 @@ use time::OffsetDateTime;
 
 use super::session::{ConsoleSession, SessionId, removal_cookie};
 use super::views::{
-    CallDetail, CallItem, CallPage, CallsPage, FilterField, Layout, LoginPage, STATUS_OPTIONS,
-    TurnItem, call_href,
+    BatchLink, CallDetail, CallItem, CallPage, CallsPage, FilterField, Layout, LoginPage,
+    STATUS_OPTIONS, TurnItem, call_href,
 };
 use super::{ConsoleError, html, no_store};
 use crate::routes::calls::listing;
@@ -299,9 +299,16 @@ pub async fn call(
         Err(e) => return Err(e.into()),
     };
     let live = !call.status.is_terminal();
+    let mut detail = CallDetail::from_call(&call);
+    detail.batch = state
+        .console
+        .read_batches()?
+        .attempt_of(&call_sid)
+        .await?
+        .map(|(batch_id, attempt)| BatchLink::new(&batch_id, attempt));
     let page = CallPage {
         layout: Layout::logged_in(session.form_token(), "calls", open_console(&state)),
-        call: CallDetail::from_call(&call),
+        call: detail,
         last_seq: turns.last().map_or(0, |t| t.sequence_number),
         turns: turns.iter().map(TurnItem::from_turn).collect(),
         live,

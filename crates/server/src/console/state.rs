@@ -3,8 +3,11 @@
 
 use std::sync::Arc;
 
-use calls_domain::ports::ConsoleSessions;
-use calls_store_postgres::{CallChange, ChangeFeed, PgConsoleSessions, RetryPolicy};
+use calls_domain::ports::{BatchRepository, ConsoleSessions};
+use calls_domain::service::{CancelBatch, ReadBatches};
+use calls_store_postgres::{
+    CallChange, ChangeFeed, PgBatchRepository, PgConsoleSessions, RetryPolicy,
+};
 use tokio::sync::broadcast;
 
 use super::ConsoleError;
@@ -15,6 +18,8 @@ use crate::config::Settings;
 pub struct ConsoleState {
     sessions: Option<Arc<dyn ConsoleSessions>>,
     feed: Option<ChangeFeed>,
+    read_batches: Option<ReadBatches>,
+    cancel_batch: Option<CancelBatch>,
     pub limiter: LoginLimiter,
 }
 
@@ -33,6 +38,8 @@ impl ConsoleState {
                     settings.database.schema.clone(),
                 )
             }),
+            read_batches: batches(pool).map(ReadBatches::new),
+            cancel_batch: batches(pool).map(CancelBatch::new),
             limiter: LoginLimiter::new(LoginLimits::default()),
         }
     }
@@ -41,10 +48,26 @@ impl ConsoleState {
         self.sessions.as_ref().ok_or(ConsoleError::Unavailable)
     }
 
+    pub(super) fn read_batches(&self) -> Result<&ReadBatches, ConsoleError> {
+        self.read_batches.as_ref().ok_or(ConsoleError::Unavailable)
+    }
+
+    pub(super) fn cancel_batch(&self) -> Result<&CancelBatch, ConsoleError> {
+        self.cancel_batch.as_ref().ok_or(ConsoleError::Unavailable)
+    }
+
     pub(super) fn subscribe(&self) -> Result<broadcast::Receiver<CallChange>, ConsoleError> {
         self.feed
             .as_ref()
             .map(ChangeFeed::subscribe)
             .ok_or(ConsoleError::Unavailable)
     }
+}
+
+/// The batch use cases on the service's pool.
+fn batches(pool: Option<&calls_store_postgres::DbPool>) -> Option<Arc<dyn BatchRepository>> {
+    pool.map(|pool| {
+        Arc::new(PgBatchRepository::new(pool.clone(), RetryPolicy::default()))
+            as Arc<dyn BatchRepository>
+    })
 }

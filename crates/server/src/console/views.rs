@@ -13,8 +13,6 @@ pub struct Layout {
     pub form_token: Option<String>,
     pub section: &'static str,
     pub insecure_dev: bool,
-    /// Whether the batch pages exist (the navigation links them).
-    pub batches: bool,
 }
 
 impl Layout {
@@ -23,7 +21,6 @@ impl Layout {
             form_token: None,
             section: "",
             insecure_dev,
-            batches: false,
         }
     }
 
@@ -32,7 +29,6 @@ impl Layout {
             form_token: Some(form_token),
             section,
             insecure_dev,
-            batches: false,
         }
     }
 }
@@ -119,10 +115,21 @@ pub struct TurnFragment<'a> {
     pub turn: &'a TurnItem,
 }
 
+#[derive(Clone)]
 pub struct BatchLink {
     pub id: String,
     pub href: String,
-    pub attempt: i32,
+    pub attempt: u32,
+}
+
+impl BatchLink {
+    pub fn new(batch_id: &calls_domain::models::BatchId, attempt: u32) -> Self {
+        Self {
+            id: batch_id.to_string(),
+            href: format!("/console/batches/{batch_id}"),
+            attempt,
+        }
+    }
 }
 
 pub struct CallDetail {

@@ -369,3 +369,70 @@ async fn an_open_call_page_shows_turns_from_either_instance_within_2_s() {
     browser.screenshot("call-completed").await;
     browser.close().await;
 }
+
+#[tokio::test]
+async fn cancel_a_batch_from_its_page() {
+    let app = spawn_app().await;
+    let id = crate::console_batches::batch_with_a_waiting_and_a_dialed_driver(&app).await;
+    let browser = Browser::start().await;
+    browser.login(&app).await;
+    browser
+        .client
+        .find(Locator::LinkText("Batches"))
+        .await
+        .expect("navigation")
+        .click()
+        .await
+        .expect("followed");
+    browser
+        .wait_for(&format!(r#"[data-batch-id="{id}"]"#))
+        .await;
+    assert!(browser.fits_at_200_percent().await, "batches page at 200 %");
+    browser.screenshot("batches").await;
+    browser
+        .client
+        .find(Locator::LinkText(&id.to_string()))
+        .await
+        .expect("batch link")
+        .click()
+        .await
+        .expect("followed");
+    browser
+        .wait_for(r#"[data-driver-id="1"][data-state="scheduled"]"#)
+        .await;
+    assert!(browser.fits_at_200_percent().await, "batch page at 200 %");
+    browser.screenshot("batch").await;
+
+    browser
+        .client
+        .find(Locator::Css("form.cancel button"))
+        .await
+        .expect("cancel button")
+        .click()
+        .await
+        .expect("submitted");
+
+    browser
+        .wait_for(r#"[data-driver-id="1"][data-state="cancelled"]"#)
+        .await;
+    assert_eq!(browser.path().await, format!("/console/batches/{id}"));
+    let status = browser
+        .client
+        .find(Locator::Css("#batch-status"))
+        .await
+        .expect("status")
+        .text()
+        .await
+        .expect("text");
+    assert_eq!(status, "Cancelled");
+    assert!(
+        browser
+            .client
+            .find(Locator::Css("form.cancel"))
+            .await
+            .is_err(),
+        "no Cancel button once cancelled"
+    );
+    browser.screenshot("batch-cancelled").await;
+    browser.close().await;
+}

@@ -7,6 +7,7 @@ mod browser;
 mod busy_database;
 mod calls;
 mod console;
+mod console_batches;
 mod health;
 mod helpers;
 mod hostile;
