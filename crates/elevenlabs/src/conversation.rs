@@ -108,7 +108,7 @@ impl<'de> Deserialize<'de> for LenientInt {
 )]
 pub struct PostCallEnvelope {
     #[serde(rename = "type", default)]
-    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, required = true))]
     kind: Lenient<String>,
     /// Unix seconds (a number or a numeric string); not used.
     #[serde(default)]

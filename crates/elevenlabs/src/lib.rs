@@ -14,7 +14,7 @@ pub use conversation::{
     parse_post_call,
 };
 pub use signature::{
-    DEFAULT_TOLERANCE_SECS, SIGNATURE_HEADER, SignatureError, check_header, sign, verify,
+    DEFAULT_TOLERANCE_SECS, SIGNATURE_HEADER, SignatureError, Verifier, check_header, sign, verify,
 };
 pub use simulated::{
     POST_CALL_PATH, SimulatedBuildError, SimulatedConfig, SimulatedTelephony, TRANSCRIPTION_PATH,

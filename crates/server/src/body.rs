@@ -10,15 +10,16 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use actix_web::body::{BodyLimitExceeded, BodyStream, to_bytes_limited};
 use actix_web::dev::Payload;
 use actix_web::error::PayloadError;
 use actix_web::http::StatusCode;
 use actix_web::http::header::ContentLength;
 use actix_web::{FromRequest, HttpMessage, HttpRequest, mime, web};
+use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
 
 use crate::errors::{ApiError, ErrorKind};
+use crate::limits::{BodyPermit, Limits};
 use crate::state::app_state;
 
 pub use crate::config::{BodyLimits, DEFAULT_BODY_READ_TIMEOUT};
@@ -75,27 +76,62 @@ pub fn require_json(req: &HttpRequest) -> Result<(), ApiError> {
     }
 }
 
-/// Reads the raw body (webhook signatures cover the exact bytes). More than `limit` bytes
-/// is refused with 413 — before reading anything when `Content-Length` says so — and a body
-/// that takes longer than `timeout` with 408.
+/// A request body read into memory, with its bytes held against the instance's body budget
+/// until it is dropped.
+pub struct ReadBody {
+    pub bytes: web::Bytes,
+    _permit: BodyPermit,
+}
+
+/// Reads the raw body (webhook signatures cover the exact bytes), passing each piece to
+/// `on_chunk` as it arrives (the streaming HMAC). More than `limit` bytes is refused with
+/// 413 — before reading anything when `Content-Length` says so — a body that takes longer
+/// than `timeout` with 408, and one for which the instance's body budget has no room
+/// (after a short wait) with 503: what clients make the server buffer is bounded by the
+/// budget, not by the number of connections (docs/operations.md, "Limits").
 pub async fn read_body(
     req: &HttpRequest,
-    payload: Payload,
+    mut payload: Payload,
     limit: usize,
     timeout: Duration,
-) -> Result<web::Bytes, BodyError> {
-    if req
-        .get_header::<ContentLength>()
-        .is_some_and(|ContentLength(n)| n > limit)
-    {
-        return Err(BodyError::TooLarge { limit });
+    mut on_chunk: impl FnMut(&[u8]),
+) -> Result<ReadBody, ApiError> {
+    let declared = req.get_header::<ContentLength>().map(|ContentLength(n)| n);
+    if declared.is_some_and(|n| n > limit) {
+        return Err(BodyError::TooLarge { limit }.into());
     }
-    let read = to_bytes_limited(BodyStream::new(payload), limit);
+    let limits = req
+        .app_data::<web::Data<Limits>>()
+        .cloned()
+        .ok_or_else(|| ApiError::internal(&std::io::Error::other("limits not registered")))?;
+    let read = async {
+        // A declared length is reserved at once, so a request that cannot fit waits or is
+        // refused before its bytes arrive.
+        let mut permit = match declared {
+            Some(n) if n > 0 => limits.reserve_body(n).await?,
+            _ => BodyPermit::default(),
+        };
+        let mut buf = web::BytesMut::with_capacity(declared.unwrap_or(0));
+        while let Some(chunk) = payload.next().await {
+            let chunk = chunk.map_err(BodyError::Read)?;
+            let len = buf.len() + chunk.len();
+            if len > limit {
+                return Err(BodyError::TooLarge { limit }.into());
+            }
+            if len > permit.bytes() {
+                permit.merge(limits.reserve_body(len - permit.bytes()).await?);
+            }
+            on_chunk(&chunk);
+            buf.extend_from_slice(&chunk);
+        }
+        Ok::<_, ApiError>(ReadBody {
+            bytes: buf.freeze(),
+            _permit: permit,
+        })
+    };
     match tokio::time::timeout(timeout, read).await {
-        Err(_elapsed) => Err(BodyError::TooSlow { timeout }),
-        Ok(Err(BodyLimitExceeded { .. })) => Err(BodyError::TooLarge { limit }),
-        Ok(Ok(Err(e))) => Err(BodyError::Read(e)),
-        Ok(Ok(Ok(body))) => Ok(body),
+        Err(_elapsed) => Err(BodyError::TooSlow { timeout }.into()),
+        Ok(result) => result,
     }
 }
 
@@ -138,8 +174,15 @@ impl<T: JsonRequest> FromRequest for JsonBody<T> {
             let state = app_state(&req)?;
             require_json(&req)?;
             let limit = T::limit(&state.settings.body_limits);
-            let body = read_body(&req, payload, limit, state.settings.body_read_timeout).await?;
-            Ok(Self(parse_json(&body)?))
+            let body = read_body(
+                &req,
+                payload,
+                limit,
+                state.settings.body_read_timeout,
+                |_| {},
+            )
+            .await?;
+            Ok(Self(parse_json(&body.bytes)?))
         })
     }
 }

@@ -171,6 +171,24 @@ pub struct ServeArgs {
     /// the stale-call reconciliation completes it.
     #[arg(long, env = "SIMULATED_SKIP_POST_CALL", default_value_t = false)]
     pub simulated_skip_post_call: bool,
+    /// Bytes of request bodies this instance holds in memory at once; a body that finds
+    /// no room within 500 ms gets 503 with Retry-After.
+    #[arg(long, env = "BODY_MEMORY_BUDGET_BYTES", default_value_t = 64 * 1024 * 1024,
+          value_parser = clap::value_parser!(u32).range(65536..))]
+    pub body_memory_budget_bytes: u32,
+    /// Open connections per instance; more wait in the listen backlog.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 2048,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+    /// Requests handled at once (health, readiness and metrics excepted); more get 503.
+    #[arg(long, env = "MAX_IN_FLIGHT_REQUESTS", default_value_t = 512,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_in_flight_requests: u32,
+    /// Transcription requests of one call_sid that may wait in this instance (two are
+    /// stored at a time); more get 503 at once.
+    #[arg(long, env = "MAX_WAITING_PER_CALL", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_waiting_per_call: u32,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -8,6 +8,7 @@ use calls_store_postgres::{DbConfig, SchemaName};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::cli::{DbArgs, ServeArgs, TelephonyKind};
+use crate::limits::LimitSettings;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -50,6 +51,7 @@ pub struct Settings {
     /// Age at which an `in_progress` Call is stale.
     pub reconcile_after: Duration,
     pub simulation: SimulationSettings,
+    pub limits: LimitSettings,
     pub console: ConsoleSettings,
 }
 
@@ -200,6 +202,13 @@ impl Settings {
             simulation: SimulationSettings {
                 drop_turn: args.simulated_drop_turn,
                 skip_post_call: args.simulated_skip_post_call,
+            },
+            limits: LimitSettings {
+                body_memory_budget: args.body_memory_budget_bytes as usize,
+                max_connections: args.max_connections as usize,
+                max_in_flight: args.max_in_flight_requests as usize,
+                max_waiting_per_call: args.max_waiting_per_call as usize,
+                ..LimitSettings::default()
             },
             console: ConsoleSettings {
                 session_ttl: Duration::from_secs(args.console_session_ttl_secs),

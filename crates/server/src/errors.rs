@@ -45,6 +45,8 @@ pub enum ErrorKind {
     Conflict,
     /// The database could not serve the request in time.
     Unavailable,
+    /// A bound of the instance was reached (503 with `Retry-After`; `limits.rs`).
+    Overloaded,
     /// A bug or a broken invariant.
     Internal,
 }
@@ -57,6 +59,7 @@ impl ErrorKind {
             Self::UnknownCall => "unknown_call",
             Self::Invalid | Self::NotFound | Self::Conflict => "invalid",
             Self::Unavailable | Self::Internal => "error",
+            Self::Overloaded => "overloaded",
         }
     }
 }
@@ -69,6 +72,8 @@ pub struct ApiError {
     details: String,
     /// The `Allow` header of a 405.
     allow: Option<String>,
+    /// The `Retry-After` header (seconds) of a 503.
+    retry_after: Option<u32>,
 }
 
 pub const DB_UNAVAILABLE_MESSAGE: &str = "Database connection error. Please retry.";
@@ -87,7 +92,20 @@ impl ApiError {
             message: message.into(),
             details: details.into(),
             allow: None,
+            retry_after: None,
         }
+    }
+
+    /// A bound of the instance was reached: 503, come back after `retry_after_secs`.
+    pub fn overloaded(details: impl Into<String>, retry_after_secs: u32) -> Self {
+        let mut e = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::Overloaded,
+            "Server busy. Please retry.",
+            details,
+        );
+        e.retry_after = Some(retry_after_secs);
+        e
     }
 
     pub fn bad_request(message: impl Into<String>, details: impl Into<String>) -> Self {
@@ -189,6 +207,9 @@ impl ResponseError for ApiError {
             .and_then(|a| HeaderValue::from_str(a).ok())
         {
             response.insert_header((header::ALLOW, allow));
+        }
+        if let Some(secs) = self.retry_after {
+            response.insert_header((header::RETRY_AFTER, secs.to_string()));
         }
         response.json(ErrorEnvelope {
             status: "error",

@@ -9,6 +9,7 @@ pub mod commands;
 pub mod config;
 pub mod console;
 pub mod errors;
+pub mod limits;
 pub mod metrics;
 pub mod middleware;
 pub mod openapi;

@@ -18,6 +18,7 @@ use calls_elevenlabs::{
 use calls_store_postgres::{PgCallRepository, RetryPolicy, build_pool};
 
 use crate::config::{Settings, TelephonySettings};
+use crate::limits::{Limits, shed_load};
 use crate::metrics::Metrics;
 use crate::middleware::{envelope_framework_errors, request_context};
 use crate::routes;
@@ -120,6 +121,7 @@ impl Application {
             console: crate::console::ConsoleState::new(&settings, pg.map(PgCallRepository::pool)),
             pool: pg.map(|pg| pg.pool().clone()),
             db_retries: pg.map(PgCallRepository::retries),
+            limits: web::Data::new(Limits::new(settings.limits)),
         });
         let server = run(listener, state.clone())?;
         Ok(Self {
@@ -172,15 +174,23 @@ pub const SHUTDOWN_TIMEOUT_SECS: u64 = 30;
 /// head over the size limit, a head that never completes) get actix-http's bare
 /// 400/431/408; every answer of the application carries the envelope.
 fn run(listener: TcpListener, state: web::Data<AppState>) -> std::io::Result<Server> {
+    let limits = state.limits.clone();
+    // actix-web bounds connections per worker thread.
+    let workers = std::thread::available_parallelism().map_or(1, usize::from);
+    let per_worker = limits.settings().max_connections.div_ceil(workers).max(1);
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
+            .app_data(limits.clone())
+            .wrap(middleware::from_fn(shed_load))
             .wrap(middleware::from_fn(request_context))
             .wrap(middleware::ErrorHandlers::new().default_handler(envelope_framework_errors))
             .configure(routes::configure)
             .configure(crate::console::configure)
             .default_service(web::to(routes::not_found))
     })
+    .workers(workers)
+    .max_connections(per_worker)
     .keep_alive(KEEP_ALIVE)
     .client_request_timeout(CLIENT_REQUEST_TIMEOUT)
     .client_disconnect_timeout(CLIENT_DISCONNECT_TIMEOUT)

@@ -11,6 +11,7 @@ use calls_store_postgres::{DbPool, RetryCounter};
 
 use crate::config::Settings;
 use crate::errors::ApiError;
+use crate::limits::Limits;
 use crate::metrics::Metrics;
 
 /// Shared by every request.
@@ -27,6 +28,8 @@ pub struct AppState {
     pub pool: Option<DbPool>,
     /// The PostgreSQL repository's retries, for `db_retries_total`.
     pub db_retries: Option<RetryCounter>,
+    /// Bounds on bodies, requests in flight and requests per call (`limits.rs`).
+    pub limits: web::Data<Limits>,
     pub console: crate::console::ConsoleState,
 }
 

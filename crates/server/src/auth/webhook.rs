@@ -4,7 +4,7 @@ use std::ops::Deref;
 use std::pin::Pin;
 
 use actix_web::dev::Payload;
-use actix_web::{FromRequest, HttpRequest, web};
+use actix_web::{FromRequest, HttpRequest};
 use calls_elevenlabs::signature::{self, DEFAULT_TOLERANCE_SECS, SIGNATURE_HEADER, SignatureError};
 use serde::de::DeserializeOwned;
 use time::OffsetDateTime;
@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 use secrecy::ExposeSecret;
 
 use super::{AuthError, bearer, constant_time_eq};
-use crate::body::{BodyError, is_json, parse_json, read_body};
+use crate::body::{BodyError, ReadBody, is_json, parse_json, read_body};
 use crate::config::BodyLimits;
 use crate::errors::ApiError;
 use crate::state::app_state;
@@ -60,7 +60,7 @@ impl WebhookEndpoint for PostCallHook {
 /// then the body is read within `E`'s limit and the read timeout, then its HMAC is
 /// verified. Without credentials nothing is read. Errors: 401, 413, 408.
 pub struct VerifiedWebhook<E> {
-    body: web::Bytes,
+    body: ReadBody,
     json: bool,
     endpoint: PhantomData<E>,
 }
@@ -72,7 +72,7 @@ impl<E> VerifiedWebhook<E> {
         if !self.json {
             return Err(BodyError::NotJson.into());
         }
-        Ok(parse_json(&self.body)?)
+        Ok(parse_json(&self.body.bytes)?)
     }
 }
 
@@ -80,7 +80,7 @@ impl<E> Deref for VerifiedWebhook<E> {
     type Target = [u8];
 
     fn deref(&self) -> &[u8] {
-        &self.body
+        &self.body.bytes
     }
 }
 
@@ -103,21 +103,21 @@ async fn verify<E: WebhookEndpoint>(
         endpoint: PhantomData,
     };
     let Some(secret) = settings.webhook_secret.as_ref() else {
-        return Ok(verified(read_body(&req, payload, limit, timeout).await?));
+        return Ok(verified(
+            read_body(&req, payload, limit, timeout, |_| {}).await?,
+        ));
     };
     if let Some(header) = req.headers().get(SIGNATURE_HEADER) {
         let header = header.to_str().map_err(|_| AuthError::MalformedSignature)?;
         let now = OffsetDateTime::now_utc().unix_timestamp();
-        signature::check_header(header, now, DEFAULT_TOLERANCE_SECS).map_err(rejected)?;
-        let body = read_body(&req, payload, limit, timeout).await?;
-        signature::verify(
-            secret.expose_secret(),
-            header,
-            &body,
-            now,
-            DEFAULT_TOLERANCE_SECS,
-        )
-        .map_err(rejected)?;
+        let mut verifier =
+            signature::Verifier::new(secret.expose_secret(), header, now, DEFAULT_TOLERANCE_SECS)
+                .map_err(rejected)?;
+        let body = read_body(&req, payload, limit, timeout, |chunk| {
+            verifier.update(chunk)
+        })
+        .await?;
+        verifier.finish().map_err(rejected)?;
         return Ok(verified(body));
     }
     if E::AUTH == WebhookAuth::SignatureOrBearer {
@@ -125,7 +125,9 @@ async fn verify<E: WebhookEndpoint>(
             if !constant_time_eq(provided, secret.expose_secret()) {
                 return Err(AuthError::InvalidWebhookSecret.into());
             }
-            return Ok(verified(read_body(&req, payload, limit, timeout).await?));
+            return Ok(verified(
+                read_body(&req, payload, limit, timeout, |_| {}).await?,
+            ));
         }
     }
     Err(match E::AUTH {

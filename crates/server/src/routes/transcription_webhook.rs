@@ -106,8 +106,11 @@ async fn handle(
     state: &AppState,
 ) -> Result<HttpResponse, ApiError> {
     let request: TranscriptionRequest = body.json()?;
-    tracing::Span::current().record("call_sid", request.call_sid.as_str());
     let turn = request.into_turn()?;
+    // Only a validated call_sid goes into the logs.
+    tracing::Span::current().record("call_sid", turn.call_sid.as_str());
+    // Requests of one Call queue here rather than each holding a pooled connection.
+    let _pass = state.limits.enter_call(turn.call_sid.as_str()).await?;
 
     let outcome = state.record_turn.execute(&turn).await?;
     let stored = outcome.stored();

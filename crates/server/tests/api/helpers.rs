@@ -56,6 +56,7 @@ pub fn settings_for(database: DbConfig, elevenlabs_uri: &str) -> Settings {
         reconcile_interval: None,
         reconcile_after: Duration::from_secs(1800),
         simulation: SimulationSettings::default(),
+        limits: calls_server::limits::LimitSettings::default(),
         console: ConsoleSettings {
             session_ttl: Duration::from_secs(43_200),
             secure_cookie: false,

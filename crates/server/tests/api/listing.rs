@@ -281,3 +281,12 @@ async fn the_listing_is_in_the_openapi_document_with_its_parameters() {
     assert_eq!(op["security"], json!([{"api_token": []}]));
     assert!(doc["components"]["schemas"]["CallListView"].is_object());
 }
+
+#[tokio::test]
+async fn an_empty_cursor_is_the_first_page() {
+    let app = spawn_app().await;
+    twelve_calls(&app).await;
+    let first = get_page(&app, "?limit=5").await;
+    let empty = get_page(&app, "?limit=5&cursor=").await;
+    assert_eq!(sids(&first), sids(&empty));
+}

@@ -11,6 +11,7 @@ mod console_batches;
 mod health;
 mod helpers;
 mod hostile;
+mod limits;
 mod listing;
 mod openapi;
 mod outage;
