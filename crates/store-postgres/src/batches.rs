@@ -1106,6 +1106,37 @@ impl BatchRepository for PgBatchRepository {
             .await
     }
 
+    async fn recipient_counts(&self) -> Result<StateCounts, RepositoryError> {
+        #[derive(QueryableByName)]
+        struct StateRow {
+            #[diesel(sql_type = Text)]
+            state: String,
+            #[diesel(sql_type = BigInt)]
+            n: i64,
+        }
+        self.retry
+            .run("recipient_counts", &self.retries, |_| async move {
+                let mut conn = self.conn().await?;
+                // A scan of the table: fine at a scrape every few seconds for millions of
+                // rows; the live states alone would come from the partial indexes.
+                let rows: Vec<StateRow> = diesel::sql_query(
+                    "SELECT state, count(*) AS n FROM batch_recipients GROUP BY state",
+                )
+                .load(&mut conn)
+                .await?;
+                let mut counts = StateCounts::default();
+                for row in rows {
+                    let state: RecipientState = row
+                        .state
+                        .parse()
+                        .map_err(|e| invalid("batch_recipients", e))?;
+                    counts.add(state, u64::try_from(row.n).unwrap_or(0));
+                }
+                Ok(counts)
+            })
+            .await
+    }
+
     async fn sweep(
         &self,
         now: OffsetDateTime,

@@ -8,7 +8,7 @@ use time::OffsetDateTime;
 use super::RepositoryError;
 use crate::models::{
     BatchId, BatchListQuery, BatchPage, BatchView, CallSid, ConversationId, DialRules, DriverCall,
-    Due, LastCheck, PhoneNumber, RecipientState,
+    Due, LastCheck, PhoneNumber, RecipientState, StateCounts,
 };
 
 /// A batch to write, every recipient resolved (rules and first due time).
@@ -169,6 +169,9 @@ pub trait BatchRepository: Send + Sync + 'static {
         redialable: bool,
         now: OffsetDateTime,
     ) -> Result<Option<RecipientState>, RepositoryError>;
+
+    /// How many recipients of all batches are in each state (the `/metrics` gauge).
+    async fn recipient_counts(&self) -> Result<StateCounts, RepositoryError>;
 
     /// The safety net: settles recipients whose attempt's Call ended, fails (`expired`)
     /// scheduled recipients past their expiry, and schedules again (at once) claims that

@@ -12,8 +12,8 @@ use super::place_calls::outbound_call;
 use super::prompt::CallContext;
 use crate::models::{
     Batch, BatchDefaults, BatchId, BatchListQuery, BatchPage, BatchView, CallSid, CheckResult,
-    ConversationId, DialRules, DriverCall, Due, LastCheck, RecipientState, attempt_call_sid,
-    first_due, mask_phone_numbers,
+    ConversationId, DialRules, DriverCall, Due, LastCheck, RecipientState, StateCounts,
+    attempt_call_sid, first_due, mask_phone_numbers,
 };
 use crate::ports::{
     BatchRepository, BoxError, ClaimRequest, ClaimedAttempt, NewBatch, NewRecipient, PredialAnswer,
@@ -170,6 +170,11 @@ impl ReadBatches {
         call_sid: &CallSid,
     ) -> Result<Option<(BatchId, u32)>, StoreFailure> {
         Ok(self.batches.attempt_of_call(call_sid).await?)
+    }
+
+    /// Recipients of all batches by state (for the metrics).
+    pub async fn recipient_counts(&self) -> Result<StateCounts, StoreFailure> {
+        Ok(self.batches.recipient_counts().await?)
     }
 }
 
