@@ -24,7 +24,8 @@ fn open_console(state: &AppState) -> bool {
     state.settings.api_token.is_none()
 }
 
-pub async fn home() -> HttpResponse {
+/// `/console`: the calls, once logged in (like every page, the login first otherwise).
+pub async fn home(_session: ConsoleSession) -> HttpResponse {
     HttpResponse::SeeOther()
         .insert_header((header::LOCATION, "/console/calls"))
         .finish()

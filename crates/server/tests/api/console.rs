@@ -230,6 +230,7 @@ async fn every_console_page_without_a_valid_session_redirects_to_the_login() {
 
     for browser in [&Browser::new(&app.address), &forged, &garbage, &expired] {
         for path in [
+            "/console",
             "/console/calls",
             "/console/calls?status=failed",
             "/console/calls/EL_1_console",
@@ -729,4 +730,45 @@ async fn the_live_page_catches_up_after_the_database_connection_is_lost() {
 
     let seen = read_until(&mut stream, "after the restart", Duration::from_secs(5)).await;
     assert!(seen.contains(r#"data-seq="1""#), "{seen}");
+}
+
+#[tokio::test]
+async fn without_an_api_token_in_insecure_dev_any_token_logs_in_and_the_rest_still_applies() {
+    let app = spawn_app_with(|s| {
+        s.api_token = None;
+        s.insecure_dev = true;
+    })
+    .await;
+    let anonymous = Browser::new(&app.address);
+    let response = anonymous.get("/console/calls").await;
+    assert_eq!(
+        response.status(),
+        StatusCode::SEE_OTHER,
+        "still a session first"
+    );
+    let (_, login) = anonymous.page("/console/login").await;
+    assert!(login.contains("Development mode"), "{login}");
+
+    let mut browser = Browser::new(&app.address);
+    let response = browser.login("anything").await;
+
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    assert_eq!(location(&response), "/console/calls");
+    let (status, body) = browser.page("/console/calls").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.contains("Development mode"), "{body}");
+    let response = browser.post_form("/console/logout", &[]).await;
+    assert_eq!(
+        response.status(),
+        StatusCode::FORBIDDEN,
+        "form tokens still apply"
+    );
+}
+
+#[tokio::test]
+async fn the_console_root_leads_to_the_calls() {
+    let app = spawn_app().await;
+    let response = logged_in(&app).await.get("/console").await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    assert_eq!(location(&response), "/console/calls");
 }
