@@ -26,6 +26,8 @@ pub use state::ConsoleState;
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/console")
+            // The console's forms are a token or two: small bodies only.
+            .app_data(web::PayloadConfig::new(FORM_BODY_LIMIT))
             .route("", web::get().to(pages::home))
             .route("/", web::get().to(pages::home))
             .route("/login", web::get().to(pages::login_form))
@@ -45,6 +47,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .default_service(web::to(pages::unknown_page)),
     );
 }
+
+/// Largest form body the console reads (login, logout, cancel), in bytes.
+pub const FORM_BODY_LIMIT: usize = 4096;
 
 /// Why a console page is not shown; each renders as a page, never as the JSON envelope.
 #[derive(Debug, thiserror::Error)]

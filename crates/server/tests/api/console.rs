@@ -772,3 +772,45 @@ async fn the_console_root_leads_to_the_calls() {
     assert_eq!(response.status(), StatusCode::SEE_OTHER);
     assert_eq!(location(&response), "/console/calls");
 }
+
+#[tokio::test]
+async fn open_live_pages_hold_no_database_connection_and_all_get_the_turn() {
+    let app = spawn_app().await;
+    app.create_call("EL_13_many", Some("conv_many")).await;
+    let browser = logged_in(&app).await;
+    let mut streams = Vec::new();
+    for _ in 0..100 {
+        let mut stream = browser.get("/console/calls/EL_13_many/events").await;
+        assert_eq!(stream.status(), StatusCode::OK);
+        read_until(&mut stream, "event: call", Duration::from_secs(5)).await;
+        streams.push(stream);
+    }
+    let pool = app.state.pool.as_ref().expect("a pool").stats();
+    assert_eq!(
+        pool.in_use, 0,
+        "open pages hold no pooled connection: {pool:?}"
+    );
+
+    let started = std::time::Instant::now();
+    post_turn(&app.address, &app.client, "EL_13_many", "to every page").await;
+    let answered = started.elapsed();
+
+    assert!(
+        answered < Duration::from_secs(1),
+        "the webhook answered in {answered:?}"
+    );
+    for stream in &mut streams {
+        let seen = read_until(stream, "to every page", Duration::from_secs(2)).await;
+        assert!(seen.contains(r#"data-seq="1""#), "{seen}");
+    }
+}
+
+#[tokio::test]
+async fn a_large_form_body_is_refused() {
+    let app = spawn_app().await;
+    let big = "x".repeat(64 * 1024);
+    let response = Browser::new(&app.address)
+        .post_form("/console/login", &[("token", &big)])
+        .await;
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+}
