@@ -145,16 +145,8 @@ pub async fn logout(
 const FILTERS: [(&str, &str, &str); 5] = [
     ("status", "Status", ""),
     ("driver_id", "Driver id", "e.g. 333"),
-    (
-        "since",
-        "Started at or after",
-        "2024-11-21 or 2024-11-21T10:00:00Z",
-    ),
-    (
-        "until",
-        "Started before",
-        "2024-11-22 or 2024-11-22T00:00:00Z",
-    ),
+    ("since", "Started at or after", "e.g. 2024-11-21"),
+    ("until", "Started before", "e.g. 2024-11-22T10:00Z"),
     ("limit", "Per page", "1–500, default 50"),
 ];
 /// Console-only parameter: the cursors of the pages before this one (`-` for the first),
