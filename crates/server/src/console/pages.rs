@@ -146,7 +146,7 @@ const FILTERS: [(&str, &str, &str); 5] = [
     ("status", "Status", ""),
     ("driver_id", "Driver id", "e.g. 333"),
     ("since", "Started at or after", "e.g. 2024-11-21"),
-    ("until", "Started before", "e.g. 2024-11-22T10:00Z"),
+    ("until", "Started before", "e.g. 2024-11-22"),
     ("limit", "Per page", "1–500, default 50"),
 ];
 /// Console-only parameter: the cursors of the pages before this one (`-` for the first),
