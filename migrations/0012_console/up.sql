@@ -10,20 +10,16 @@ CREATE TABLE console_sessions (
     expires_at timestamptz NOT NULL
 );
 
--- Live console pages: a tiny notification whenever a Call's transcript or state changes.
--- The channel is named after the schema (its first 55 characters: a channel name has at
--- most 63), so deployments sharing a database do not hear each other. The payload is only
--- a key, `t` + conversation_id for a turn and `c` + call_sid for a Call; listeners read
--- the rows themselves. PostgreSQL folds identical notifications of one transaction into
--- one, so a reconciliation that inserts many turns sends one.
-CREATE FUNCTION console_notify_turn() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pg_notify(left(TG_TABLE_SCHEMA, 55) || '.console', 't' || NEW.conversation_id);
-    RETURN NULL;
-END
-$$;
-
+-- Live console pages: a tiny notification whenever a Call's state changes (status,
+-- conversation_id, end, failure reason, outcome: a few times per call, whoever writes it:
+-- webhook, dialer, reconciliation, another instance). The channel is named after the
+-- schema (its first 55 characters: a channel name has at most 63), so deployments sharing
+-- a database do not hear each other; the payload is `c` + call_sid, and listeners read the
+-- row themselves.
+--
+-- Stored turns are announced by the service after their commit (`t` + call_sid on the
+-- same channel), not by a trigger: a transaction that NOTIFYs takes a database-wide lock at
+-- commit, which would serialize every webhook append (and its WAL flush) across all calls.
 CREATE FUNCTION console_notify_call() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -31,11 +27,6 @@ BEGIN
     RETURN NULL;
 END
 $$;
-
--- A new turn, or one renumbered by the post-call reconciliation.
-CREATE TRIGGER console_turn_changed
-    AFTER INSERT OR UPDATE OF sequence_number ON call_transcriptions
-    FOR EACH ROW EXECUTE FUNCTION console_notify_turn();
 
 -- What a Call page shows of the Call itself; other updates (updated_at alone) stay silent.
 CREATE TRIGGER console_call_changed

@@ -23,7 +23,7 @@ pub mod testing;
 
 pub use backfill::{BackfillOptions, BackfillReport, backfill_call_sids};
 pub use batches::PgBatchRepository;
-pub use console::{CallChange, ChangeFeed, PgConsoleSessions, channel_name};
+pub use console::{CallChange, ChangeFeed, ChangeNotifier, PgConsoleSessions, channel_name};
 pub use errors::StoreError;
 pub use migrations::{
     MigrateCommand, MigrationReport, MigrationStatus, migrate, migration_names, migration_status,

@@ -5,7 +5,9 @@ use std::time::Duration;
 use calls_domain::ports::{ConsoleSessions, SessionHash};
 use calls_domain::{CallRepository, CallSid, ConversationId, NewCall, NewTurn, SpeakerType};
 use calls_store_postgres::testing::TestDatabase;
-use calls_store_postgres::{CallChange, ChangeFeed, PgConsoleSessions, RetryPolicy};
+use calls_store_postgres::{
+    CallChange, ChangeFeed, ChangeNotifier, PgConsoleSessions, RetryPolicy,
+};
 use time::OffsetDateTime;
 use tokio::sync::broadcast;
 
@@ -93,10 +95,11 @@ async fn listening(db: &TestDatabase) -> (ChangeFeed, broadcast::Receiver<CallCh
 }
 
 #[tokio::test]
-async fn stored_turns_and_call_changes_are_announced_and_the_feed_survives_a_lost_connection() {
+async fn call_changes_and_announced_turns_reach_the_feed_which_survives_a_lost_connection() {
     let db = TestDatabase::new().await;
     let repo = db.repository();
     let (_feed, mut rx) = listening(&db).await;
+    let notifier = ChangeNotifier::spawn(db.config().url.clone(), db.schema().clone());
     let sid = CallSid::parse("EL_1_feed").expect("sid");
     repo.create_call(&NewCall {
         call_sid: sid.clone(),
@@ -106,6 +109,7 @@ async fn stored_turns_and_call_changes_are_announced_and_the_feed_survives_a_los
     .await
     .expect("created");
 
+    // The trigger: a Call's state changed.
     repo.set_conversation_id(&sid, &ConversationId::parse("conv_feed").expect("conv"))
         .await
         .expect("linked");
@@ -116,6 +120,7 @@ async fn stored_turns_and_call_changes_are_announced_and_the_feed_survives_a_los
         }
     );
 
+    // A stored turn is not announced by its own transaction (no NOTIFY on the hot path)...
     let turn = NewTurn {
         call_sid: sid.clone(),
         speaker: SpeakerType::Agent,
@@ -125,31 +130,35 @@ async fn stored_turns_and_call_changes_are_announced_and_the_feed_survives_a_los
             .expect("valid"),
     };
     repo.append_turn(&turn).await.expect("appended");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), rx.recv())
+            .await
+            .is_err(),
+        "the append itself notifies nobody"
+    );
+    // ...but by the notifier, after it.
+    notifier.turn_stored("EL_1_feed");
     assert_eq!(
         next_change(&mut rx).await,
         CallChange::Turn {
-            conversation_id: "conv_feed".into()
+            call_sid: "EL_1_feed".into()
         }
     );
 
     // Like a database restart: every connection of this schema is killed.
-    assert!(db.terminate_connections().await >= 1);
+    assert!(db.terminate_connections().await >= 2);
     assert_eq!(
         next_change(&mut rx).await,
         CallChange::Resync,
         "reconnected"
     );
-    repo.append_turn(&NewTurn {
-        message: "Still there?".into(),
-        ..turn
-    })
-    .await
-    .expect("appended");
+    notifier.turn_stored("EL_1_feed");
     assert_eq!(
         next_change(&mut rx).await,
         CallChange::Turn {
-            conversation_id: "conv_feed".into()
-        }
+            call_sid: "EL_1_feed".into()
+        },
+        "the notifier reconnected too"
     );
 }
 

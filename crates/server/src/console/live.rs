@@ -66,7 +66,6 @@ fn already_shown(req: &HttpRequest) -> i32 {
 struct Live {
     repository: Arc<dyn CallRepository>,
     call_sid: CallSid,
-    conversation_id: Option<String>,
     last_seq: i32,
     last_state: Option<String>,
     /// The Call's batch and attempt, which never change.
@@ -79,10 +78,9 @@ struct Live {
 impl Live {
     fn concerns(&self, change: &CallChange) -> bool {
         match change {
-            CallChange::Turn { conversation_id } => {
-                self.conversation_id.as_deref() == Some(conversation_id.as_str())
+            CallChange::Turn { call_sid } | CallChange::Call { call_sid } => {
+                call_sid == self.call_sid.as_str()
             }
-            CallChange::Call { call_sid } => call_sid == self.call_sid.as_str(),
             CallChange::Resync => true,
         }
     }
@@ -101,7 +99,6 @@ impl Live {
                 return;
             }
         };
-        self.conversation_id = call.conversation_id.as_ref().map(|c| c.to_string());
         let turns = match self.repository.list_turns(&self.call_sid).await {
             Ok(turns) => turns,
             Err(e) => {
@@ -189,7 +186,6 @@ pub async fn events(
     let mut live = Live {
         repository: state.repository.clone(),
         call_sid,
-        conversation_id: None,
         last_seq: already_shown(&req),
         last_state: None,
         batch,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use calls_domain::ports::{BatchRepository, ConsoleSessions};
 use calls_domain::service::{CancelBatch, ReadBatches};
 use calls_store_postgres::{
-    CallChange, ChangeFeed, PgBatchRepository, PgConsoleSessions, RetryPolicy,
+    CallChange, ChangeFeed, ChangeNotifier, PgBatchRepository, PgConsoleSessions, RetryPolicy,
 };
 use tokio::sync::broadcast;
 
@@ -18,6 +18,7 @@ use crate::config::Settings;
 pub struct ConsoleState {
     sessions: Option<Arc<dyn ConsoleSessions>>,
     feed: Option<ChangeFeed>,
+    notifier: Option<ChangeNotifier>,
     read_batches: Option<ReadBatches>,
     cancel_batch: Option<CancelBatch>,
     pub limiter: LoginLimiter,
@@ -38,6 +39,12 @@ impl ConsoleState {
                     settings.database.schema.clone(),
                 )
             }),
+            notifier: pool.map(|_| {
+                ChangeNotifier::spawn(
+                    settings.console.listen_url.clone(),
+                    settings.database.schema.clone(),
+                )
+            }),
             read_batches: batches(pool).map(ReadBatches::new),
             cancel_batch: batches(pool).map(CancelBatch::new),
             limiter: LoginLimiter::new(LoginLimits::default()),
@@ -46,6 +53,14 @@ impl ConsoleState {
 
     pub(super) fn sessions(&self) -> Result<&Arc<dyn ConsoleSessions>, ConsoleError> {
         self.sessions.as_ref().ok_or(ConsoleError::Unavailable)
+    }
+
+    /// Tells every instance's open pages of this Call that turns were stored (after the
+    /// commit; never waits).
+    pub fn turn_stored(&self, call_sid: &str) {
+        if let Some(notifier) = &self.notifier {
+            notifier.turn_stored(call_sid);
+        }
     }
 
     pub(super) fn read_batches(&self) -> Result<&ReadBatches, ConsoleError> {

@@ -1,9 +1,12 @@
 use std::time::Duration;
 
-use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+use std::collections::BTreeSet;
+
+use diesel::sql_types::{Array, Text};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use futures_util::StreamExt;
 use secrecy::{ExposeSecret, SecretString};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
 
 use crate::pool::{SchemaName, application_name};
@@ -11,8 +14,8 @@ use crate::pool::{SchemaName, application_name};
 /// What changed, as little as the notification says; readers fetch the rows themselves.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CallChange {
-    /// A turn of this conversation was stored (or renumbered by a reconciliation).
-    Turn { conversation_id: String },
+    /// Turns of this Call were stored (announced by [`ChangeNotifier`]).
+    Turn { call_sid: String },
     /// This Call's status, conversation_id, end, failure reason or outcome changed.
     Call { call_sid: String },
     /// The feed (re)connected: anything may have changed while it was away.
@@ -21,9 +24,9 @@ pub enum CallChange {
 
 impl CallChange {
     fn parse(payload: &str) -> Option<Self> {
-        if let Some(id) = payload.strip_prefix('t') {
+        if let Some(sid) = payload.strip_prefix('t') {
             return Some(Self::Turn {
-                conversation_id: id.to_owned(),
+                call_sid: sid.to_owned(),
             });
         }
         payload.strip_prefix('c').map(|sid| Self::Call {
@@ -32,7 +35,7 @@ impl CallChange {
     }
 }
 
-/// The notification channel of a schema, as the triggers of migration 0012 name it.
+/// The notification channel of a schema, as the trigger of migration 0012 names it.
 pub fn channel_name(schema: &SchemaName) -> String {
     let prefix: String = schema.as_str().chars().take(55).collect();
     format!("{prefix}.console")
@@ -108,17 +111,11 @@ async fn connect(
     schema: &SchemaName,
     channel: &str,
 ) -> Result<AsyncPgConnection, String> {
-    let mut conn = tokio::time::timeout(CONNECT_TIMEOUT, AsyncPgConnection::establish(url))
+    let mut conn = connect_plain(url, schema).await?;
+    // The channel is built from a checked schema name (letters, digits, underscores).
+    conn.batch_execute(&format!("LISTEN \"{channel}\""))
         .await
-        .map_err(|_| "connect timed out".to_owned())?
         .map_err(|e| e.to_string())?;
-    // The channel is built from a checked schema name (letters, digits, underscores). The
-    // application name is the pool's, so operators (and drills) see one service.
-    let sql = format!(
-        "SET application_name = '{}'; LISTEN \"{channel}\"",
-        application_name(schema)
-    );
-    conn.batch_execute(&sql).await.map_err(|e| e.to_string())?;
     Ok(conn)
 }
 
@@ -149,6 +146,97 @@ async fn relay(mut conn: AsyncPgConnection, sender: &broadcast::Sender<CallChang
     }
 }
 
+/// Stored turns waiting to be announced; past this the newest are dropped (pages still
+/// catch up with the next change of their Call, or the feed's next resync).
+const NOTIFY_QUEUE: usize = 10_000;
+/// Turns announced by one statement at most.
+const NOTIFY_BATCH: usize = 256;
+
+/// Announces stored turns to every instance's [`ChangeFeed`] (`t` + call_sid), after their
+/// commit and off the request's path: the webhook only queues the call_sid; one task per
+/// instance sends them, batched and de-duplicated, in one autocommit statement on a
+/// connection of its own. So the append's transaction never NOTIFYs (a NOTIFY takes a
+/// database-wide lock at commit, which would serialize every append and its WAL flush).
+#[derive(Clone)]
+pub struct ChangeNotifier {
+    queue: mpsc::Sender<String>,
+}
+
+impl ChangeNotifier {
+    /// Starts the sending task (it ends when every clone is dropped). Needs a tokio runtime.
+    pub fn spawn(url: SecretString, schema: SchemaName) -> Self {
+        let (queue, rx) = mpsc::channel(NOTIFY_QUEUE);
+        tokio::spawn(notify_forever(url, schema, rx));
+        Self { queue }
+    }
+
+    /// Queues the announcement; never waits.
+    pub fn turn_stored(&self, call_sid: &str) {
+        if self.queue.try_send(call_sid.to_owned()).is_err() {
+            tracing::warn!("console change notifier queue full; a live page may lag");
+        }
+    }
+}
+
+async fn notify_forever(url: SecretString, schema: SchemaName, mut rx: mpsc::Receiver<String>) {
+    let channel = channel_name(&schema);
+    let mut conn: Option<AsyncPgConnection> = None;
+    while let Some(first) = rx.recv().await {
+        let mut sids = BTreeSet::from([first]);
+        while sids.len() < NOTIFY_BATCH {
+            match rx.try_recv() {
+                Ok(sid) => {
+                    sids.insert(sid);
+                }
+                Err(_) => break,
+            }
+        }
+        let payloads: Vec<String> = sids.into_iter().map(|sid| format!("t{sid}")).collect();
+        // One reconnect per batch: a database that is down drops the batch (pages catch up
+        // on the feed's resync once it is back) instead of queueing behind it.
+        for _ in 0..2 {
+            if conn.is_none() {
+                conn = connect_plain(url.expose_secret(), &schema).await.ok();
+            }
+            let Some(c) = conn.as_mut() else { break };
+            let sent = tokio::time::timeout(
+                CHECK_TIMEOUT,
+                diesel::sql_query("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p")
+                    .bind::<Text, _>(&channel)
+                    .bind::<Array<Text>, _>(&payloads)
+                    .execute(c),
+            )
+            .await;
+            match sent {
+                Ok(Ok(_)) => break,
+                Ok(Err(e)) => {
+                    tracing::warn!(%channel, error.message = %e, "console change notifier failed; reconnecting");
+                    conn = None;
+                }
+                Err(_) => {
+                    tracing::warn!(%channel, "console change notifier timed out; reconnecting");
+                    conn = None;
+                }
+            }
+        }
+    }
+}
+
+/// A connection of its own, named like the pool's so operators (and drills) see one service.
+async fn connect_plain(url: &str, schema: &SchemaName) -> Result<AsyncPgConnection, String> {
+    let mut conn = tokio::time::timeout(CONNECT_TIMEOUT, AsyncPgConnection::establish(url))
+        .await
+        .map_err(|_| "connect timed out".to_owned())?
+        .map_err(|e| e.to_string())?;
+    conn.batch_execute(&format!(
+        "SET application_name = '{}'",
+        application_name(schema)
+    ))
+    .await
+    .map_err(|e| e.to_string())?;
+    Ok(conn)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,9 +244,9 @@ mod tests {
     #[test]
     fn payloads_name_a_turn_or_a_call() {
         assert_eq!(
-            CallChange::parse("tconv_1"),
+            CallChange::parse("tEL_1_x"),
             Some(CallChange::Turn {
-                conversation_id: "conv_1".into()
+                call_sid: "EL_1_x".into()
             })
         );
         assert_eq!(
