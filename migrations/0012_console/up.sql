@@ -20,9 +20,17 @@ CREATE TABLE console_sessions (
 -- Stored turns are announced by the service after their commit (`t` + call_sid on the
 -- same channel), not by a trigger: a transaction that NOTIFYs takes a database-wide lock at
 -- commit, which would serialize every webhook append (and its WAL flush) across all calls.
+--
+-- Notifying transactions still queue for that lock at commit, one after another. The
+-- service's short `lock_timeout` (500 ms) is meant for row locks; a burst of Call changes
+-- must make a commit wait a little, never fail, so the trigger gives the rest of its
+-- transaction 5 s (unless it had no limit at all).
 CREATE FUNCTION console_notify_call() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
+    IF current_setting('lock_timeout') <> '0' THEN
+        PERFORM set_config('lock_timeout', '5s', true);
+    END IF;
     PERFORM pg_notify(left(TG_TABLE_SCHEMA, 55) || '.console', 'c' || NEW.call_sid);
     RETURN NULL;
 END

@@ -187,3 +187,55 @@ async fn another_schema_is_not_heard() {
         }
     );
 }
+
+/// Call changes NOTIFY from their own transaction, which queues them at commit; a burst of
+/// them from several instances must wait, not fail on the pool's short lock_timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_of_call_changes_from_several_instances_all_commit() {
+    let db = TestDatabase::new().await;
+    let repos: Vec<_> = (0..4)
+        .map(|_| {
+            let mut config = db.config().clone();
+            config.pool_size = 16;
+            calls_store_postgres::PgCallRepository::new(
+                calls_store_postgres::build_pool(&config).expect("pool"),
+                RetryPolicy::default(),
+            )
+        })
+        .collect();
+    for n in 0..64 {
+        repos[0]
+            .create_call(&NewCall {
+                call_sid: CallSid::parse(format!("EL_{n}_burst")).expect("sid"),
+                driver_id: Some(n),
+                call_start_time: OffsetDateTime::now_utc(),
+            })
+            .await
+            .expect("created");
+    }
+    let (_feed, mut rx) = listening(&db).await;
+
+    let mut tasks = Vec::new();
+    for n in 0..64 {
+        let repo = repos[n % repos.len()].clone();
+        tasks.push(tokio::spawn(async move {
+            repo.set_conversation_id(
+                &CallSid::parse(format!("EL_{n}_burst")).expect("sid"),
+                &ConversationId::parse(format!("conv_burst_{n}")).expect("conv"),
+            )
+            .await
+        }));
+    }
+    for task in tasks {
+        task.await.expect("joined").expect("linked");
+    }
+    let mut heard = std::collections::BTreeSet::new();
+    while heard.len() < 64 {
+        match next_change(&mut rx).await {
+            CallChange::Call { call_sid } => {
+                heard.insert(call_sid);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
