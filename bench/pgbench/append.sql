@@ -1,5 +1,5 @@
 -- The service's append transaction as it was before migration 0010 (issue 11's baseline;
--- the service now runs the same steps as one call of calls_append_turn): lock the Call's
+-- the service now runs the same steps as one call of calls_store_turn): lock the Call's
 -- row, then one statement that returns the stored turn when
 -- the same one exists and otherwise inserts the next sequence number, then commit. The
 -- pool's recycling check (SELECT 1) is the service's own overhead and is not here.

@@ -147,7 +147,7 @@ mod tests {
     }
 
     #[test]
-    fn test_takes_no_demo_and_hands_the_rest_to_the_runner() {
+    fn the_test_command_takes_no_demo_and_hands_the_rest_to_the_runner() {
         let Ok(Command::Test { no_demo, args }) = parse(&[
             "test",
             "--no-demo",

@@ -151,10 +151,10 @@ mod tests {
 
     #[test]
     fn failed_children_keep_their_exit_code() {
-        let status = Command::new("sh").args(["-c", "exit 3"]).status();
-        let Ok(status) = status else {
-            return; // no shell in this sandbox
-        };
+        let status = Command::new("sh")
+            .args(["-c", "exit 3"])
+            .status()
+            .expect("sh runs");
         let err = check(status, "sh").err().map(|e| e.to_string());
         assert_eq!(err.as_deref(), Some("sh failed (exit code 3)"));
     }

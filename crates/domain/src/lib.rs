@@ -12,5 +12,5 @@ pub use models::{
 };
 pub use ports::{
     AppendOutcome, CallFinish, CallRepository, ConversationState, Ending, Finished, LeaseGuard,
-    ReconcilerLease, RepositoryError, StoredTurn, Telephony,
+    Pacer, ReconcilerLease, RepositoryError, StoredTurn, Telephony, Timer,
 };

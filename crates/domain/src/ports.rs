@@ -2,6 +2,8 @@
 //! (`Arc<dyn CallRepository>`), `Send + Sync`, and mockable with the `mocks` feature.
 //! Adapters translate their own errors into the error types defined here.
 
+use std::time::Duration;
+
 use time::OffsetDateTime;
 
 use crate::models::{
@@ -151,6 +153,22 @@ impl std::fmt::Debug for ReconcilerLease {
             .field("guarded", &self.guard.is_some())
             .finish()
     }
+}
+
+/// Waiting, for the use cases that must (a turn waiting for its Call's conversation_id).
+/// The adapter owns the timer (tokio's in the server), so the domain needs no runtime.
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+#[async_trait::async_trait]
+pub trait Timer: Send + Sync + 'static {
+    async fn sleep(&self, duration: Duration);
+}
+
+/// Spacing of requests to a provider: [`Pacer::wait`] returns when the next request may
+/// start, whatever the concurrency (the server's `Pace` lets one start every 200 ms).
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+#[async_trait::async_trait]
+pub trait Pacer: Send + Sync + 'static {
+    async fn wait(&self);
 }
 
 /// Persistence of Calls and their transcript turns.

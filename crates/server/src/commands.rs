@@ -16,6 +16,7 @@ use crate::cli::{BackfillArgs, MigrateArgs, ReconcileArgs, ToolConfigArgs};
 use crate::config::{Settings, database_only};
 use crate::metrics::Metrics;
 use crate::startup::build_telephony;
+use crate::timing::{CONVERSATION_REQUEST_INTERVAL, Pace};
 
 pub async fn run_migrate(args: &MigrateArgs) -> anyhow::Result<()> {
     let config = database_only(&args.db)?;
@@ -148,7 +149,12 @@ pub async fn run_reconcile(args: &ReconcileArgs) -> anyhow::Result<()> {
     let pool = build_pool(&settings.database).context("building the database pool")?;
     let repository = Arc::new(PgCallRepository::new(pool, RetryPolicy::default()));
     let telephony = build_telephony(&settings)?;
-    let reconciler = ReconcileStale::new(repository, telephony, ReconcileSettings::default());
+    let reconciler = ReconcileStale::new(
+        repository,
+        telephony,
+        Arc::new(Pace::new(CONVERSATION_REQUEST_INTERVAL)),
+        ReconcileSettings::default(),
+    );
     let outcome = crate::reconcile::run_pass(&reconciler, &Metrics::new(), older_than)
         .await
         .context("reconciling stale calls")?;

@@ -17,8 +17,6 @@ use calls_domain::models::InvalidBatch;
 use calls_domain::service::{PlaceCallsError, PostCallError, RecordTurnError};
 use calls_domain::{CallSid, RepositoryError, TurnParseError};
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
-
 /// The error envelope every failure uses.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 #[schema(as = ErrorBody, example = json!({"status": "error", "message": "Call record not found or incomplete for call_sid: EL_INVALID_999", "details": "Cannot save transcription - Call record not found for call_sid: EL_INVALID_999"}))]

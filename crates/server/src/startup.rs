@@ -23,6 +23,7 @@ use crate::metrics::Metrics;
 use crate::middleware::{envelope_framework_errors, request_context};
 use crate::routes;
 use crate::telephony_metrics::MeasuredTelephony;
+use crate::timing::{CONVERSATION_REQUEST_INTERVAL, Pace, TokioTimer};
 
 // `routes::batch_calls` still names it here; it moves to `crate::state` with that file's
 // rewrite, which removes the last edge from the routes back up to startup.
@@ -101,7 +102,11 @@ impl Application {
             transfer_to_number: settings.transfer_to_number.clone(),
         };
         let state = web::Data::new(AppState {
-            record_turn: RecordTurn::new(repository.clone(), settings.conversation_wait),
+            record_turn: RecordTurn::new(
+                repository.clone(),
+                Arc::new(TokioTimer),
+                settings.conversation_wait,
+            ),
             place_calls: PlaceCalls::new(
                 repository.clone(),
                 telephony.clone(),
@@ -112,6 +117,7 @@ impl Application {
             reconcile_stale: Arc::new(ReconcileStale::new(
                 repository.clone(),
                 telephony.clone(),
+                Arc::new(Pace::new(CONVERSATION_REQUEST_INTERVAL)),
                 ReconcileSettings::default(),
             )),
             settings: settings.clone(),

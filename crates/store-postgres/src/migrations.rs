@@ -306,6 +306,7 @@ mod tests {
                 "0010_append_turn_function",
                 "0011_batches",
                 "0012_console",
+                "0013_append_turn_result",
             ]
         );
     }

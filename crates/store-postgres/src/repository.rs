@@ -2,9 +2,9 @@ use async_trait::async_trait;
 use calls_domain::models::{CallListQuery, CallPage};
 use calls_domain::service::transcript_merge;
 use calls_domain::{
-    AppendOutcome, Call, CallFinish, CallRepository, CallSid, CallStatus, CallTranscription,
-    ConversationId, Ending, EventTurn, Finished, NewCall, NewTurn, ReconcilerLease,
-    RepositoryError, StoredTurn,
+    AppendOutcome, Call, CallFinish, CallOutcome, CallRepository, CallSid, CallStatus,
+    CallTranscription, ConversationId, Ending, EventTurn, Finished, NewCall, NewTurn,
+    ReconcilerLease, RepositoryError, StoredTurn,
 };
 use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Integer, Text, Timestamptz};
@@ -48,6 +48,43 @@ impl PgCallRepository {
     ) -> Result<diesel_async::pooled_connection::deadpool::Object<AsyncPgConnection>, DbError> {
         Ok(self.pool.inner.get().await?)
     }
+
+    /// Runs `f` on a pooled connection under the retry policy, with a fresh connection and
+    /// the attempt number (1, 2, …) each time. Only for operations safe to repeat.
+    async fn with_retry<T, F>(&self, op: &'static str, f: F) -> Result<T, RepositoryError>
+    where
+        F: for<'c> OnConnection<'c, T> + Clone + Send + Sync,
+        T: Send,
+    {
+        self.retry
+            .run(op, &self.retries, |attempt| {
+                let f = f.clone();
+                async move {
+                    let mut conn = self.conn().await?;
+                    f(&mut conn, attempt).await
+                }
+            })
+            .await
+    }
+}
+
+/// An async closure over a connection and the attempt number whose future is `Send` (as
+/// `#[async_trait]` needs). Naming the future as an associated type is what lets the bound
+/// say so for every lifetime of the connection; diesel-async's `AsyncFunc` does the same.
+trait OnConnection<'c, T>:
+    AsyncFnOnce(&'c mut AsyncPgConnection, u32) -> Result<T, DbError>
+    + FnOnce(&'c mut AsyncPgConnection, u32) -> <Self as OnConnection<'c, T>>::Fut
+{
+    type Fut: Future<Output = Result<T, DbError>> + Send;
+}
+
+impl<'c, T, F, Fut> OnConnection<'c, T> for F
+where
+    F: AsyncFnOnce(&'c mut AsyncPgConnection, u32) -> Result<T, DbError>
+        + FnOnce(&'c mut AsyncPgConnection, u32) -> Fut,
+    Fut: Future<Output = Result<T, DbError>> + Send,
+{
+    type Fut = Fut;
 }
 
 /// PostgreSQL keeps microseconds; truncating first makes what we return equal what we stored.
@@ -77,82 +114,76 @@ impl CallRepository for PgCallRepository {
     #[tracing::instrument(skip_all, fields(call_sid = %new.call_sid))]
     async fn create_call(&self, new: &NewCall) -> Result<Call, RepositoryError> {
         let start = micros(new.call_start_time);
-        self.retry
-            .run("create_call", &self.retries, |attempt| async move {
-                let mut conn = self.conn().await?;
-                let now = OffsetDateTime::now_utc();
-                let row = NewCallRow {
-                    call_sid: new.call_sid.as_str(),
-                    driver_id: new.driver_id,
-                    call_start_time: start,
-                    status: CallStatus::InProgress.as_str(),
-                    created_at: now,
-                    updated_at: now,
-                };
-                let inserted = diesel::insert_into(calls::table)
-                    .values(&row)
-                    .returning(CallRow::as_returning())
-                    .get_result(&mut conn)
-                    .await
-                    .map_err(DbError::from);
-                match inserted {
-                    Ok(row) => to_call(row),
-                    Err(e) => match is_unique_violation(&e) {
-                        Some(constraint) => {
-                            // A retry after a lost commit finds our own row: that is success.
-                            if attempt > 1 {
-                                if let Some(existing) =
-                                    find_by_call_sid(&mut conn, new.call_sid.as_str()).await?
+        self.with_retry("create_call", async |conn, attempt| {
+            let now = OffsetDateTime::now_utc();
+            let row = NewCallRow {
+                call_sid: new.call_sid.as_str(),
+                driver_id: new.driver_id,
+                call_start_time: start,
+                status: CallStatus::InProgress.as_str(),
+                created_at: now,
+                updated_at: now,
+            };
+            let inserted = diesel::insert_into(calls::table)
+                .values(&row)
+                .returning(CallRow::as_returning())
+                .get_result(conn)
+                .await
+                .map_err(DbError::from);
+            match inserted {
+                Ok(row) => to_call(row),
+                Err(e) => match is_unique_violation(&e) {
+                    Some(constraint) => {
+                        // A retry after a lost commit finds our own row: that is success.
+                        if attempt > 1 {
+                            if let Some(existing) =
+                                find_by_call_sid(conn, new.call_sid.as_str()).await?
+                            {
+                                if existing.driver_id == new.driver_id
+                                    && existing.call_start_time == start
                                 {
-                                    if existing.driver_id == new.driver_id
-                                        && existing.call_start_time == start
-                                    {
-                                        return to_call(existing);
-                                    }
+                                    return to_call(existing);
                                 }
                             }
-                            Err(RepositoryError::Conflict(format!(
-                                "call_sid {} already exists ({constraint})",
-                                new.call_sid
-                            ))
-                            .into())
                         }
-                        None => Err(e),
-                    },
-                }
-            })
-            .await
+                        Err(RepositoryError::Conflict(format!(
+                            "call_sid {} already exists ({constraint})",
+                            new.call_sid
+                        ))
+                        .into())
+                    }
+                    None => Err(e),
+                },
+            }
+        })
+        .await
     }
 
     async fn get_by_call_sid(&self, call_sid: &CallSid) -> Result<Option<Call>, RepositoryError> {
-        self.retry
-            .run("get_by_call_sid", &self.retries, |_| async move {
-                let mut conn = self.conn().await?;
-                find_by_call_sid(&mut conn, call_sid.as_str())
-                    .await?
-                    .map(to_call)
-                    .transpose()
-            })
-            .await
+        self.with_retry("get_by_call_sid", async |conn, _| {
+            find_by_call_sid(conn, call_sid.as_str())
+                .await?
+                .map(to_call)
+                .transpose()
+        })
+        .await
     }
 
     async fn get_by_conversation_id(
         &self,
         conversation_id: &ConversationId,
     ) -> Result<Option<Call>, RepositoryError> {
-        self.retry
-            .run("get_by_conversation_id", &self.retries, |_| async move {
-                let mut conn = self.conn().await?;
-                calls::table
-                    .filter(calls::conversation_id.eq(conversation_id.as_str()))
-                    .select(CallRow::as_select())
-                    .first(&mut conn)
-                    .await
-                    .optional()?
-                    .map(to_call)
-                    .transpose()
-            })
-            .await
+        self.with_retry("get_by_conversation_id", async |conn, _| {
+            calls::table
+                .filter(calls::conversation_id.eq(conversation_id.as_str()))
+                .select(CallRow::as_select())
+                .first(conn)
+                .await
+                .optional()?
+                .map(to_call)
+                .transpose()
+        })
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(call_sid = %call_sid))]
@@ -161,50 +192,48 @@ impl CallRepository for PgCallRepository {
         call_sid: &CallSid,
         conversation_id: &ConversationId,
     ) -> Result<Call, RepositoryError> {
-        self.retry
-            .run("set_conversation_id", &self.retries, |_| async move {
-                let mut conn = self.conn().await?;
-                // Only fills an empty slot (or re-sets the same value): idempotent, so retryable.
-                let updated = diesel::update(
-                    calls::table
-                        .filter(calls::call_sid.eq(call_sid.as_str()))
-                        .filter(
-                            calls::conversation_id
-                                .is_null()
-                                .or(calls::conversation_id.eq(conversation_id.as_str())),
-                        ),
-                )
-                .set((
-                    calls::conversation_id.eq(conversation_id.as_str()),
-                    calls::updated_at.eq(OffsetDateTime::now_utc()),
-                ))
-                .returning(CallRow::as_returning())
-                .get_result(&mut conn)
-                .await
-                .optional();
-                match updated {
-                    Ok(Some(row)) => to_call(row),
-                    Ok(None) => match find_by_call_sid(&mut conn, call_sid.as_str()).await? {
-                        None => Err(RepositoryError::NotFound.into()),
-                        Some(row) => Err(RepositoryError::Conflict(format!(
-                            "call {call_sid} already has conversation_id {}",
-                            row.conversation_id.unwrap_or_default()
+        self.with_retry("set_conversation_id", async |conn, _| {
+            // Only fills an empty slot (or re-sets the same value): idempotent, so retryable.
+            let updated = diesel::update(
+                calls::table
+                    .filter(calls::call_sid.eq(call_sid.as_str()))
+                    .filter(
+                        calls::conversation_id
+                            .is_null()
+                            .or(calls::conversation_id.eq(conversation_id.as_str())),
+                    ),
+            )
+            .set((
+                calls::conversation_id.eq(conversation_id.as_str()),
+                calls::updated_at.eq(OffsetDateTime::now_utc()),
+            ))
+            .returning(CallRow::as_returning())
+            .get_result(conn)
+            .await
+            .optional();
+            match updated {
+                Ok(Some(row)) => to_call(row),
+                Ok(None) => match find_by_call_sid(conn, call_sid.as_str()).await? {
+                    None => Err(RepositoryError::NotFound.into()),
+                    Some(row) => Err(RepositoryError::Conflict(format!(
+                        "call {call_sid} already has conversation_id {}",
+                        row.conversation_id.unwrap_or_default()
+                    ))
+                    .into()),
+                },
+                Err(e) => {
+                    let e = DbError::from(e);
+                    match is_unique_violation(&e) {
+                        Some(_) => Err(RepositoryError::Conflict(format!(
+                            "conversation_id {conversation_id} belongs to another call"
                         ))
                         .into()),
-                    },
-                    Err(e) => {
-                        let e = DbError::from(e);
-                        match is_unique_violation(&e) {
-                            Some(_) => Err(RepositoryError::Conflict(format!(
-                                "conversation_id {conversation_id} belongs to another call"
-                            ))
-                            .into()),
-                            None => Err(e),
-                        }
+                        None => Err(e),
                     }
                 }
-            })
-            .await
+            }
+        })
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(call_sid = %call_sid, status = %status))]
@@ -217,24 +246,22 @@ impl CallRepository for PgCallRepository {
     ) -> Result<Call, RepositoryError> {
         let end = call_end_time.map(micros);
         let reason = failure_reason.as_deref();
-        self.retry
-            .run("set_status", &self.retries, |_| async move {
-                let mut conn = self.conn().await?;
-                diesel::update(calls::table.filter(calls::call_sid.eq(call_sid.as_str())))
-                    .set((
-                        calls::status.eq(status.as_str()),
-                        calls::call_end_time.eq(end),
-                        calls::failure_reason.eq(reason),
-                        calls::updated_at.eq(OffsetDateTime::now_utc()),
-                    ))
-                    .returning(CallRow::as_returning())
-                    .get_result(&mut conn)
-                    .await
-                    .optional()?
-                    .map(to_call)
-                    .unwrap_or(Err(RepositoryError::NotFound.into()))
-            })
-            .await
+        self.with_retry("set_status", async |conn, _| {
+            diesel::update(calls::table.filter(calls::call_sid.eq(call_sid.as_str())))
+                .set((
+                    calls::status.eq(status.as_str()),
+                    calls::call_end_time.eq(end),
+                    calls::failure_reason.eq(reason),
+                    calls::updated_at.eq(OffsetDateTime::now_utc()),
+                ))
+                .returning(CallRow::as_returning())
+                .get_result(conn)
+                .await
+                .optional()?
+                .map(to_call)
+                .unwrap_or(Err(RepositoryError::NotFound.into()))
+        })
+        .await
     }
 
     async fn conversation_id_for(
@@ -252,55 +279,51 @@ impl CallRepository for PgCallRepository {
         &self,
         call_sid: &CallSid,
     ) -> Result<Vec<CallTranscription>, RepositoryError> {
-        self.retry
-            .run("list_turns", &self.retries, |_| async move {
-                let mut conn = self.conn().await?;
-                let conversation: Option<Option<String>> = calls::table
-                    .filter(calls::call_sid.eq(call_sid.as_str()))
-                    .select(calls::conversation_id)
-                    .first(&mut conn)
-                    .await
-                    .optional()?;
-                let Some(conversation) = conversation else {
-                    return Err(RepositoryError::NotFound.into());
-                };
-                let Some(conversation) = conversation else {
-                    return Ok(Vec::new());
-                };
-                let rows: Vec<TranscriptionRow> = call_transcriptions::table
-                    .filter(call_transcriptions::conversation_id.eq(conversation))
-                    .order(call_transcriptions::sequence_number.asc())
-                    .select(TranscriptionRow::as_select())
-                    .load(&mut conn)
-                    .await?;
-                rows.into_iter()
-                    .map(|row| CallTranscription::try_from(row).map_err(DbError::from))
-                    .collect()
-            })
-            .await
+        self.with_retry("list_turns", async |conn, _| {
+            let conversation: Option<Option<String>> = calls::table
+                .filter(calls::call_sid.eq(call_sid.as_str()))
+                .select(calls::conversation_id)
+                .first(conn)
+                .await
+                .optional()?;
+            let Some(conversation) = conversation else {
+                return Err(RepositoryError::NotFound.into());
+            };
+            let Some(conversation) = conversation else {
+                return Ok(Vec::new());
+            };
+            let rows: Vec<TranscriptionRow> = call_transcriptions::table
+                .filter(call_transcriptions::conversation_id.eq(conversation))
+                .order(call_transcriptions::sequence_number.asc())
+                .select(TranscriptionRow::as_select())
+                .load(conn)
+                .await?;
+            rows.into_iter()
+                .map(|row| CallTranscription::try_from(row).map_err(DbError::from))
+                .collect()
+        })
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(call_sid = %turn.call_sid))]
     async fn append_turn(&self, turn: &NewTurn) -> Result<AppendOutcome, RepositoryError> {
-        // One call of `calls_append_turn` (migrations/0010) in autocommit: lock the Call's
+        // One call of `calls_store_turn` (migrations/0013) in autocommit: lock the Call's
         // row, check for the same turn, insert the next number, commit — one round trip, a
         // cached prepared statement. Atomic, and a replay of a committed append is caught by
         // the duplicate check, so it is retryable.
         let timestamp = micros(turn.timestamp);
-        self.retry
-            .run("append_turn", &self.retries, |_| async move {
-                let mut conn = self.conn().await?;
-                let result: Vec<i64> = diesel::select(calls_append_turn(
-                    turn.call_sid.as_str(),
-                    turn.speaker.as_str(),
-                    timestamp,
-                    &turn.message,
-                ))
-                .get_result(&mut conn)
-                .await?;
-                append_outcome(&result)
-            })
-            .await
+        self.with_retry("append_turn", async |conn, _| {
+            let result = diesel::select(calls_store_turn(
+                turn.call_sid.as_str(),
+                turn.speaker.as_str(),
+                timestamp,
+                &turn.message,
+            ))
+            .get_result(conn)
+            .await?;
+            append_outcome(result)
+        })
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(call_sid = %call_sid))]
@@ -311,13 +334,11 @@ impl CallRepository for PgCallRepository {
     ) -> Result<Finished, RepositoryError> {
         // One transaction: the event is applied whole or not at all, so a failed attempt
         // leaves nothing behind and a replay of a committed one changes nothing. Retryable.
-        self.retry
-            .run("finish_call", &self.retries, |_| async move {
-                let mut conn = self.conn().await?;
-                conn.transaction(async |conn| finish_in_transaction(conn, call_sid, finish).await)
-                    .await
-            })
-            .await
+        self.with_retry("finish_call", async |conn, _| {
+            conn.transaction(async |conn| finish_in_transaction(conn, call_sid, finish).await)
+                .await
+        })
+        .await
     }
 
     async fn ping(&self) -> Result<(), RepositoryError> {
@@ -334,12 +355,10 @@ impl CallRepository for PgCallRepository {
     // GET /calls (the query is in listing.rs). A read, so always safe to retry.
     #[tracing::instrument(skip_all, fields(limit = query.limit.get()))]
     async fn list_calls(&self, query: &CallListQuery) -> Result<CallPage, RepositoryError> {
-        self.retry
-            .run("list_calls", &self.retries, |_| async move {
-                let mut conn = self.conn().await?;
-                crate::listing::list_calls(&mut conn, query).await
-            })
-            .await
+        self.with_retry("list_calls", async |conn, _| {
+            crate::listing::list_calls(conn, query).await
+        })
+        .await
     }
 
     // Stale-call reconciler (the queries are in reconciler.rs). A read: safe to retry.
@@ -349,16 +368,14 @@ impl CallRepository for PgCallRepository {
         started_before: OffsetDateTime,
         limit: i64,
     ) -> Result<Vec<Call>, RepositoryError> {
-        self.retry
-            .run("stale_calls", &self.retries, |_| async move {
-                let mut conn = self.conn().await?;
-                crate::reconciler::stale_calls(&mut conn, started_before, limit.max(0))
-                    .await?
-                    .into_iter()
-                    .map(to_call)
-                    .collect()
-            })
-            .await
+        self.with_retry("stale_calls", async |conn, _| {
+            crate::reconciler::stale_calls(conn, started_before, limit.max(0))
+                .await?
+                .into_iter()
+                .map(to_call)
+                .collect()
+        })
+        .await
     }
 
     async fn try_lock_reconciler(&self) -> Result<Option<ReconcilerLease>, RepositoryError> {
@@ -387,8 +404,32 @@ async fn finish_in_transaction(
     call_sid: &CallSid,
     finish: &CallFinish,
 ) -> Result<Finished, DbError> {
-    // FOR UPDATE conflicts with the appends' FOR NO KEY UPDATE: a turn arriving now waits
-    // for this transaction and then numbers itself after the reconciled transcript.
+    let current = lock_call(conn, call_sid).await?;
+    let conversation_id = conversation_after(&current, finish, call_sid)?;
+    match &finish.ending {
+        Ending::Completed {
+            end,
+            outcome,
+            start,
+            transcript,
+        } => {
+            let mut done = complete(conn, current, conversation_id.as_ref(), *end, outcome).await?;
+            if let Some(conversation_id) = &conversation_id {
+                (done.turns_inserted, done.turns_renumbered) =
+                    reconcile_transcript(conn, conversation_id, *start, transcript).await?;
+            }
+            Ok(done)
+        }
+        Ending::Failed { end, reason } => {
+            fail(conn, current, conversation_id.as_ref(), *end, reason).await
+        }
+    }
+}
+
+/// The Call, locked for the rest of the transaction. FOR UPDATE conflicts with the appends'
+/// FOR NO KEY UPDATE: a turn arriving now waits for this transaction and then numbers
+/// itself after the reconciled transcript.
+async fn lock_call(conn: &mut AsyncPgConnection, call_sid: &CallSid) -> Result<Call, DbError> {
     let row = calls::table
         .filter(calls::call_sid.eq(call_sid.as_str()))
         .select(CallRow::as_select())
@@ -397,94 +438,108 @@ async fn finish_in_transaction(
         .await
         .optional()?
         .ok_or(RepositoryError::NotFound)?;
-    let current = to_call(row)?;
+    to_call(row)
+}
 
-    let conversation_id = match (&current.conversation_id, &finish.conversation_id) {
-        (Some(mine), Some(theirs)) if mine != theirs => {
-            return Err(RepositoryError::Conflict(format!(
-                "call {call_sid} already has conversation_id {mine}"
-            ))
-            .into());
-        }
-        (Some(mine), _) => Some(mine.clone()),
-        (None, theirs) => theirs.clone(),
-    };
-    let link = current.conversation_id.is_none() && conversation_id.is_some();
-    let now = OffsetDateTime::now_utc();
+/// The conversation_id the Call has after the finish: its own, else the event's; a
+/// different one than its own is a conflict.
+fn conversation_after(
+    current: &Call,
+    finish: &CallFinish,
+    call_sid: &CallSid,
+) -> Result<Option<ConversationId>, DbError> {
+    match (&current.conversation_id, &finish.conversation_id) {
+        (Some(mine), Some(theirs)) if mine != theirs => Err(RepositoryError::Conflict(format!(
+            "call {call_sid} already has conversation_id {mine}"
+        ))
+        .into()),
+        (Some(mine), _) => Ok(Some(mine.clone())),
+        (None, theirs) => Ok(theirs.clone()),
+    }
+}
 
-    let mut done = Finished {
-        call: current.clone(),
+fn nothing_changed(call: Call) -> Finished {
+    Finished {
+        call,
         status_changed: false,
         turns_inserted: 0,
         turns_renumbered: 0,
-    };
-    match &finish.ending {
-        Ending::Completed {
-            end,
-            outcome,
-            start,
-            transcript,
-        } => {
-            let status_changed = current.status != CallStatus::Completed;
-            let outcome_changed = current.outcome.as_ref() != Some(outcome);
-            if status_changed || outcome_changed || link {
-                let outcome_json = serde_json::to_value(outcome)
-                    .map_err(|e| RepositoryError::Unexpected(Box::new(e)))?;
-                let (end, reason) = if status_changed {
-                    (Some(micros(*end)), None)
-                } else {
-                    (current.call_end_time, current.failure_reason.clone())
-                };
-                done.call = write_finish(
-                    conn,
-                    current.id,
-                    call_sid,
-                    FinishChanges {
-                        conversation_id: conversation_id.as_ref().map(|c| c.as_str()),
-                        status: CallStatus::Completed.as_str(),
-                        call_end_time: end,
-                        failure_reason: reason.as_deref(),
-                        outcome: Some(outcome_json),
-                        updated_at: now,
-                    },
-                )
-                .await?;
-                done.status_changed = status_changed;
-            }
-            if let Some(conversation_id) = &conversation_id {
-                let (inserted, renumbered) =
-                    reconcile_transcript(conn, conversation_id, *start, transcript).await?;
-                done.turns_inserted = inserted;
-                done.turns_renumbered = renumbered;
-            }
-        }
-        Ending::Failed { end, reason } => {
-            // Only a call still in progress can turn out never to have connected.
-            if current.status == CallStatus::InProgress {
-                done.call = write_finish(
-                    conn,
-                    current.id,
-                    call_sid,
-                    FinishChanges {
-                        conversation_id: conversation_id.as_ref().map(|c| c.as_str()),
-                        status: CallStatus::Failed.as_str(),
-                        call_end_time: Some(micros(*end)),
-                        failure_reason: Some(reason.as_str()),
-                        outcome: current
-                            .outcome
-                            .as_ref()
-                            .map(serde_json::to_value)
-                            .transpose()
-                            .map_err(|e| RepositoryError::Unexpected(Box::new(e)))?,
-                        updated_at: now,
-                    },
-                )
-                .await?;
-                done.status_changed = true;
-            }
-        }
     }
-    Ok(done)
+}
+
+fn outcome_json(outcome: &CallOutcome) -> Result<serde_json::Value, DbError> {
+    serde_json::to_value(outcome).map_err(|e| RepositoryError::Unexpected(Box::new(e)).into())
+}
+
+/// Marks the Call completed with its outcome (and links the conversation) unless it is so
+/// already; a Call completed before keeps its end time and failure reason.
+async fn complete(
+    conn: &mut AsyncPgConnection,
+    current: Call,
+    conversation_id: Option<&ConversationId>,
+    end: OffsetDateTime,
+    outcome: &CallOutcome,
+) -> Result<Finished, DbError> {
+    let link = current.conversation_id.is_none() && conversation_id.is_some();
+    let status_changed = current.status != CallStatus::Completed;
+    let outcome_changed = current.outcome.as_ref() != Some(outcome);
+    if !(status_changed || outcome_changed || link) {
+        return Ok(nothing_changed(current));
+    }
+    let (end, reason) = if status_changed {
+        (Some(micros(end)), None)
+    } else {
+        (current.call_end_time, current.failure_reason.clone())
+    };
+    let call = write_finish(
+        conn,
+        &current,
+        FinishChanges {
+            conversation_id: conversation_id.map(ConversationId::as_str),
+            status: CallStatus::Completed.as_str(),
+            call_end_time: end,
+            failure_reason: reason.as_deref(),
+            outcome: Some(outcome_json(outcome)?),
+            updated_at: OffsetDateTime::now_utc(),
+        },
+    )
+    .await?;
+    Ok(Finished {
+        status_changed,
+        ..nothing_changed(call)
+    })
+}
+
+/// Marks the Call failed; only a Call still in progress can turn out never to have
+/// connected.
+async fn fail(
+    conn: &mut AsyncPgConnection,
+    current: Call,
+    conversation_id: Option<&ConversationId>,
+    end: OffsetDateTime,
+    reason: &str,
+) -> Result<Finished, DbError> {
+    if current.status != CallStatus::InProgress {
+        return Ok(nothing_changed(current));
+    }
+    let outcome = current.outcome.as_ref().map(outcome_json).transpose()?;
+    let call = write_finish(
+        conn,
+        &current,
+        FinishChanges {
+            conversation_id: conversation_id.map(ConversationId::as_str),
+            status: CallStatus::Failed.as_str(),
+            call_end_time: Some(micros(end)),
+            failure_reason: Some(reason),
+            outcome,
+            updated_at: OffsetDateTime::now_utc(),
+        },
+    )
+    .await?;
+    Ok(Finished {
+        status_changed: true,
+        ..nothing_changed(call)
+    })
 }
 
 /// Every column a finish writes (NULLs included: the Ending decides each value).
@@ -501,11 +556,11 @@ struct FinishChanges<'a> {
 
 async fn write_finish(
     conn: &mut AsyncPgConnection,
-    id: i64,
-    call_sid: &CallSid,
+    current: &Call,
     changes: FinishChanges<'_>,
 ) -> Result<Call, DbError> {
-    let row = diesel::update(calls::table.filter(calls::id.eq(id)))
+    let call_sid = &current.call_sid;
+    let row = diesel::update(calls::table.filter(calls::id.eq(current.id)))
         .set(changes)
         .returning(CallRow::as_returning())
         .get_result(conn)
@@ -598,32 +653,36 @@ async fn reconcile_transcript(
 }
 
 diesel::define_sql_function! {
-    /// The append of one turn (migrations/0010_append_turn_function).
-    fn calls_append_turn(call_sid: Text, speaker: Text, timestamp: Timestamptz, message: Text) -> Array<BigInt>;
+    /// The append of one turn (migrations/0013_append_turn_result): its
+    /// `append_turn_result` as (outcome, transcription_id, sequence_number).
+    fn calls_store_turn(call_sid: Text, speaker: Text, timestamp: Timestamptz, message: Text) -> Record<(Text, Nullable<BigInt>, Nullable<Integer>)>;
 }
 
-/// Reads `calls_append_turn`'s `[code, id, sequence_number]`.
-fn append_outcome(result: &[i64]) -> Result<AppendOutcome, DbError> {
+/// Reads `calls_store_turn`'s answer, by the outcome's name.
+fn append_outcome(
+    (outcome, id, seq): (String, Option<i64>, Option<i32>),
+) -> Result<AppendOutcome, DbError> {
     let unexpected = || -> DbError {
-        RepositoryError::Unexpected(format!("calls_append_turn returned {result:?}").into()).into()
+        RepositoryError::Unexpected(
+            format!("calls_store_turn returned ({outcome}, {id:?}, {seq:?})").into(),
+        )
+        .into()
     };
-    let &[code, id, seq] = result else {
-        return Err(unexpected());
-    };
-    let stored = || -> Result<StoredTurn, DbError> {
-        Ok(StoredTurn {
-            transcription_id: id,
-            sequence_number: i32::try_from(seq).map_err(|_| unexpected())?,
-        })
+    let stored = || match (id, seq) {
+        (Some(transcription_id), Some(sequence_number)) => Ok(StoredTurn {
+            transcription_id,
+            sequence_number,
+        }),
+        _ => Err(unexpected()),
     };
     let incomplete = |status| -> DbError { RepositoryError::Incomplete { status }.into() };
-    match code {
-        0 => Ok(AppendOutcome::Created(stored()?)),
-        1 => Ok(AppendOutcome::Duplicate(stored()?)),
-        2 => Err(RepositoryError::NotFound.into()),
-        3 => Err(incomplete(CallStatus::InProgress)),
-        4 => Err(incomplete(CallStatus::Completed)),
-        5 => Err(incomplete(CallStatus::Failed)),
+    match outcome.as_str() {
+        "created" => Ok(AppendOutcome::Created(stored()?)),
+        "duplicate" => Ok(AppendOutcome::Duplicate(stored()?)),
+        "unknown_call" => Err(RepositoryError::NotFound.into()),
+        "in_progress_without_conversation" => Err(incomplete(CallStatus::InProgress)),
+        "completed_without_conversation" => Err(incomplete(CallStatus::Completed)),
+        "failed" => Err(incomplete(CallStatus::Failed)),
         _ => Err(unexpected()),
     }
 }

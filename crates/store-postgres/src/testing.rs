@@ -146,7 +146,7 @@ impl TestDatabase {
     }
 
     /// A text description of everything in the schema (tables, columns, constraints,
-    /// indexes, types, sequences), for comparing schemas.
+    /// indexes, enum and composite types, functions, sequences), for comparing schemas.
     pub async fn schema_fingerprint(&self) -> Vec<String> {
         let schema = self.schema().as_str().replace('\'', "");
         let sql = format!(
@@ -168,6 +168,17 @@ impl TestDatabase {
                  FROM pg_type t LEFT JOIN pg_enum e ON e.enumtypid = t.oid
                 WHERE t.typnamespace = '{schema}'::regnamespace AND t.typtype = 'e'
                 GROUP BY t.typname
+               UNION ALL
+               SELECT 'composite ' || t.typname || ' '
+                      || string_agg(a.attname || ' ' || format_type(a.atttypid, a.atttypmod), ',' ORDER BY a.attnum)
+                 FROM pg_type t JOIN pg_class c ON c.oid = t.typrelid AND c.relkind = 'c'
+                 JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0
+                WHERE t.typnamespace = '{schema}'::regnamespace
+                GROUP BY t.typname
+               UNION ALL
+               SELECT 'function ' || p.proname || '(' || pg_get_function_identity_arguments(p.oid)
+                      || ') ' || pg_get_function_result(p.oid) || ' ' || md5(p.prosrc)
+                 FROM pg_proc p WHERE p.pronamespace = '{schema}'::regnamespace
                UNION ALL
                SELECT 'sequence ' || sequence_name || ' ' || data_type
                  FROM information_schema.sequences WHERE sequence_schema = '{schema}'

@@ -6,8 +6,7 @@ use time::OffsetDateTime;
 use super::{CallOutcome, CallSid, ConversationId};
 
 /// Lifecycle of a Call: written `InProgress` before dialing, then `Completed` or `Failed`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CallStatus {
     InProgress,
     Completed,

@@ -9,8 +9,7 @@ use super::MAX_ID_LEN;
 /// characters. Spaces are allowed: the timestamp part is the dispatcher's string as given
 /// (`EL_7_2024-11-21 10:00:00`). Control characters (NUL included) are refused because
 /// PostgreSQL text cannot hold NUL and the others only ever come from broken input.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(transparent)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CallSid(String);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -3,8 +3,7 @@ use std::fmt;
 use super::MAX_ID_LEN;
 
 /// ElevenLabs' identifier of a conversation; the link between a Call and its turns.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(transparent)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ConversationId(String);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

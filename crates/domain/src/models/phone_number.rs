@@ -1,8 +1,7 @@
 use std::fmt;
 
 /// A phone number normalized to E.164 (`+15551234567`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(transparent)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PhoneNumber(String);
 
 /// The input is not repeated: phone numbers are not written to logs or error bodies.

@@ -30,8 +30,7 @@ impl FromStr for Speaker {
 }
 
 /// Who spoke, as we store it: the person on the phone is our driver.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SpeakerType {
     Agent,
     Driver,

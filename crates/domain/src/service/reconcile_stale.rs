@@ -8,7 +8,7 @@
 //! bounded number of requests in flight and a bounded request rate toward the provider.
 //! Nothing here is fatal: a provider error leaves the Call for the next pass.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -16,7 +16,7 @@ use time::OffsetDateTime;
 
 use super::post_call::{ApplyPostCall, PostCallError, PostCallOutcome};
 use crate::models::{Call, CallSid, ConversationId};
-use crate::ports::{CallRepository, ConversationState, Telephony};
+use crate::ports::{CallRepository, ConversationState, Pacer, Telephony};
 
 /// Failure reason of a stale Call that never got a conversation_id.
 pub const NO_CONVERSATION_ID: &str = "no conversation_id";
@@ -27,11 +27,8 @@ pub const NOT_FOUND_REASON: &str = "conversation not found at ElevenLabs (HTTP 4
 pub struct ReconcileSettings {
     /// Calls examined per pass, oldest first; the rest wait for the next pass.
     pub batch_limit: i64,
-    /// Conversation requests in flight at once.
+    /// Conversation requests in flight at once (their starts are spaced by the `Pacer`).
     pub concurrency: usize,
-    /// Least time between the starts of two conversation requests (200 ms: at most 5 a
-    /// second).
-    pub min_request_interval: Duration,
 }
 
 impl Default for ReconcileSettings {
@@ -39,7 +36,6 @@ impl Default for ReconcileSettings {
         Self {
             batch_limit: 100,
             concurrency: 4,
-            min_request_interval: Duration::from_millis(200),
         }
     }
 }
@@ -108,51 +104,26 @@ pub type ReconcileError = super::StoreFailure;
 pub struct ReconcileStale {
     repository: Arc<dyn CallRepository>,
     telephony: Arc<dyn Telephony>,
+    pace: Arc<dyn Pacer>,
     post_call: ApplyPostCall,
     settings: ReconcileSettings,
-}
-
-/// Spaces request starts at least `interval` apart, whatever the concurrency.
-struct Pace {
-    interval: Duration,
-    next: Mutex<Option<tokio::time::Instant>>,
-}
-
-impl Pace {
-    fn new(interval: Duration) -> Self {
-        Self {
-            interval,
-            next: Mutex::new(None),
-        }
-    }
-
-    async fn wait(&self) {
-        let slot = {
-            // Only this function touches the value, and it cannot panic while holding it.
-            let mut next = self.next.lock().unwrap_or_else(PoisonError::into_inner);
-            let now = tokio::time::Instant::now();
-            let slot = next.map_or(now, |n| n.max(now));
-            *next = Some(slot + self.interval);
-            slot
-        };
-        tokio::time::sleep_until(slot).await;
-    }
 }
 
 impl ReconcileStale {
     pub fn new(
         repository: Arc<dyn CallRepository>,
         telephony: Arc<dyn Telephony>,
+        pace: Arc<dyn Pacer>,
         settings: ReconcileSettings,
     ) -> Self {
         Self {
             post_call: ApplyPostCall::new(repository.clone()),
             repository,
             telephony,
+            pace,
             settings: ReconcileSettings {
                 batch_limit: settings.batch_limit.max(1),
                 concurrency: settings.concurrency.max(1),
-                ..settings
             },
         }
     }
@@ -198,9 +169,8 @@ impl ReconcileStale {
             return Ok(Vec::new());
         }
         tracing::info!(count = calls.len(), "reconciling stale calls");
-        let pace = Pace::new(self.settings.min_request_interval);
         let results = futures_util::stream::iter(calls)
-            .map(|call| self.reconcile_one(call, &pace))
+            .map(|call| self.reconcile_one(call))
             .buffered(self.settings.concurrency)
             .collect()
             .await;
@@ -208,11 +178,11 @@ impl ReconcileStale {
     }
 
     #[tracing::instrument(name = "reconcile_call", skip_all, fields(call_sid = %call.call_sid))]
-    async fn reconcile_one(&self, call: Call, pace: &Pace) -> Reconciled {
+    async fn reconcile_one(&self, call: Call) -> Reconciled {
         let result = match call.conversation_id.clone() {
             None => self.fail(&call, None, NO_CONVERSATION_ID.to_owned()).await,
             Some(conversation_id) => {
-                pace.wait().await;
+                self.pace.wait().await;
                 self.ask(&call, conversation_id).await
             }
         };
@@ -312,10 +282,11 @@ mod tests {
     use crate::RepositoryError;
     use crate::models::{CallStatus, ConversationReport};
     use crate::ports::{
-        CallFinish, Ending, Finished, MockCallRepository, MockTelephony, ReconcilerLease,
-        TelephonyError,
+        CallFinish, Ending, Finished, MockCallRepository, MockPacer, MockTelephony,
+        ReconcilerLease, TelephonyError,
     };
     use mockall::predicate::eq;
+    use std::sync::Mutex;
     use time::macros::datetime;
 
     fn call(sid: &str, conv: Option<&str>) -> Call {
@@ -378,14 +349,19 @@ mod tests {
         })
     }
 
+    /// A pacer that never holds a request back.
+    fn no_pace() -> Arc<MockPacer> {
+        let mut pacer = MockPacer::new();
+        pacer.expect_wait().returning(|| ());
+        Arc::new(pacer)
+    }
+
     fn reconciler(repo: MockCallRepository, telephony: MockTelephony) -> ReconcileStale {
         ReconcileStale::new(
             Arc::new(repo),
             Arc::new(telephony),
-            ReconcileSettings {
-                min_request_interval: Duration::ZERO,
-                ..ReconcileSettings::default()
-            },
+            no_pace(),
+            ReconcileSettings::default(),
         )
     }
 
@@ -687,17 +663,25 @@ mod tests {
             .expect("ok");
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn requests_are_spaced_by_the_minimum_interval() {
-        let calls: Vec<Call> = (0..6)
+    #[tokio::test]
+    async fn every_conversation_request_waits_for_the_pacer_first() {
+        let mut calls: Vec<Call> = (0..5)
             .map(|i| call(&format!("EL_{i}_p"), Some(&format!("conv_p{i}"))))
             .collect();
-        let repo = repo_with(calls);
-        let starts = Arc::new(Mutex::new(Vec::new()));
+        calls.push(call("EL_9_p", None));
+        let mut repo = repo_with(calls);
+        repo.expect_finish_call().returning(finish_answer);
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut pacer = MockPacer::new();
+        let seen = order.clone();
+        pacer
+            .expect_wait()
+            .times(5)
+            .returning(move || seen.lock().expect("lock").push("wait"));
         let mut telephony = MockTelephony::new();
-        let seen = starts.clone();
+        let seen = order.clone();
         telephony.expect_fetch_conversation().returning(move |_| {
-            seen.lock().expect("lock").push(tokio::time::Instant::now());
+            seen.lock().expect("lock").push("request");
             Ok(ConversationState::Pending {
                 status: "in-progress".into(),
             })
@@ -705,21 +689,21 @@ mod tests {
         let reconciler = ReconcileStale::new(
             Arc::new(repo),
             Arc::new(telephony),
-            ReconcileSettings::default(),
+            Arc::new(pacer),
+            ReconcileSettings {
+                concurrency: 1,
+                ..ReconcileSettings::default()
+            },
         );
 
         let lines = run(&reconciler).await;
 
         assert_eq!(lines.len(), 6);
-        let starts = starts.lock().expect("lock").clone();
-        assert_eq!(starts.len(), 6);
-        for pair in starts.windows(2) {
-            assert!(
-                pair[1] - pair[0] >= Duration::from_millis(200),
-                "{:?}",
-                pair[1] - pair[0]
-            );
-        }
+        assert_eq!(
+            *order.lock().expect("lock"),
+            ["wait", "request"].repeat(5),
+            "the Call without conversation_id asks nobody"
+        );
     }
 
     /// A provider that answers slowly and records how many requests overlap; mockall's
@@ -765,6 +749,7 @@ mod tests {
         let reconciler = ReconcileStale::new(
             Arc::new(repo_with(calls)),
             provider.clone(),
+            no_pace(),
             ReconcileSettings::default(),
         );
 

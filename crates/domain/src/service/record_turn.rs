@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::models::{CallSid, CallStatus, NewTurn};
-use crate::ports::{AppendOutcome, BoxError, CallRepository, RepositoryError};
+use crate::ports::{AppendOutcome, BoxError, CallRepository, RepositoryError, Timer};
 
 /// What went wrong, as a reason; the HTTP layer chooses the wording.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +38,7 @@ pub enum NotFoundReason {
 /// Call without conversation_id waits for it, up to `conversation_wait`.
 pub struct RecordTurn {
     repository: Arc<dyn CallRepository>,
+    timer: Arc<dyn Timer>,
     conversation_wait: Duration,
 }
 
@@ -46,16 +47,23 @@ const FIRST_POLL: Duration = Duration::from_millis(25);
 const MAX_POLL: Duration = Duration::from_millis(250);
 
 impl RecordTurn {
-    pub fn new(repository: Arc<dyn CallRepository>, conversation_wait: Duration) -> Self {
+    pub fn new(
+        repository: Arc<dyn CallRepository>,
+        timer: Arc<dyn Timer>,
+        conversation_wait: Duration,
+    ) -> Self {
         Self {
             repository,
+            timer,
             conversation_wait,
         }
     }
 
     #[tracing::instrument(name = "record_turn", skip_all, fields(call_sid = %turn.call_sid))]
     pub async fn execute(&self, turn: &NewTurn) -> Result<AppendOutcome, RecordTurnError> {
-        let deadline = tokio::time::Instant::now() + self.conversation_wait;
+        // The time slept, not the time passed: the appends in between are bounded by the
+        // database's timeouts, and counting sleeps needs no clock.
+        let mut waited = Duration::ZERO;
         let mut poll = FIRST_POLL;
         loop {
             match self.repository.append_turn(turn).await {
@@ -69,12 +77,13 @@ impl RecordTurn {
                         CallStatus::Completed => NotFoundReason::CallCompletedWithoutConversation,
                         CallStatus::InProgress => NotFoundReason::NoConversationIdYet,
                     };
-                    let now = tokio::time::Instant::now();
-                    if status != CallStatus::InProgress || now >= deadline {
+                    if status != CallStatus::InProgress || waited >= self.conversation_wait {
                         return Err(self.not_found(turn, reason));
                     }
                     tracing::debug!("call has no conversation_id yet; waiting for it");
-                    tokio::time::sleep(poll.min(deadline - now)).await;
+                    let pause = poll.min(self.conversation_wait - waited);
+                    self.timer.sleep(pause).await;
+                    waited += pause;
                     poll = (poll * 2).min(MAX_POLL);
                 }
                 Err(RepositoryError::Unavailable(e)) => {
@@ -106,8 +115,22 @@ mod tests {
             .expect("valid turn")
     }
 
+    /// tokio's timer, so that `start_paused` tests run in virtual time.
+    struct TokioTimer;
+
+    #[async_trait::async_trait]
+    impl Timer for TokioTimer {
+        async fn sleep(&self, duration: Duration) {
+            tokio::time::sleep(duration).await;
+        }
+    }
+
     fn use_case(repo: MockCallRepository, wait_ms: u64) -> RecordTurn {
-        RecordTurn::new(Arc::new(repo), Duration::from_millis(wait_ms))
+        RecordTurn::new(
+            Arc::new(repo),
+            Arc::new(TokioTimer),
+            Duration::from_millis(wait_ms),
+        )
     }
 
     const STORED: StoredTurn = StoredTurn {

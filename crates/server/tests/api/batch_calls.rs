@@ -127,7 +127,7 @@ impl Respond for CheckDbThenSucceed {
 }
 
 #[tokio::test]
-async fn test_call_creation_workflow() {
+async fn a_batch_call_is_written_before_dialing_and_linked_to_its_conversation() {
     let app = spawn_app().await;
     let seen = Arc::new(Mutex::new(Vec::new()));
     Mock::given(method("POST"))

@@ -10,6 +10,7 @@ use calls_domain::service::{PassOutcome, ReconcileResult, ReconcileSettings, Rec
 use calls_domain::{CallRepository, CallSid, ConversationId, NewCall};
 use calls_server::reconcile::run_pass;
 use calls_server::startup::build_telephony;
+use calls_server::timing::{CONVERSATION_REQUEST_INTERVAL, Pace};
 use calls_store_postgres::{PgCallRepository, RetryPolicy, build_pool};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
@@ -386,6 +387,7 @@ async fn two_concurrent_passes_do_not_both_run() {
             RetryPolicy::default(),
         )),
         build_telephony(&settings).expect("telephony"),
+        Arc::new(Pace::new(CONVERSATION_REQUEST_INTERVAL)),
         ReconcileSettings::default(),
     );
 

@@ -5,7 +5,7 @@ use crate::helpers::{
 };
 
 #[tokio::test]
-async fn test_webhook_with_call_sid() {
+async fn a_turn_for_a_known_call_sid_is_stored_as_number_one() {
     // Arrange
     let app = spawn_app().await;
     app.create_call("EL_555_1700000005", Some("conv_webhook_test"))
@@ -33,7 +33,7 @@ async fn test_webhook_with_call_sid() {
 }
 
 #[tokio::test]
-async fn test_webhook_with_invalid_call_sid() {
+async fn a_turn_for_an_unknown_call_sid_is_400_and_writes_nothing() {
     let app = spawn_app().await;
     let body = turn_body(
         "EL_INVALID_999999",
