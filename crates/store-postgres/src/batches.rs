@@ -538,6 +538,33 @@ async fn write_attempt_calls(
     Ok(written)
 }
 
+/// Undoes a claim that must not be dialed now: the same attempt is due at `next`, or the
+/// recipient fails (`expired`).
+async fn unclaim(
+    conn: &mut AsyncPgConnection,
+    id: i64,
+    claimed_attempt: i32,
+    next: Due,
+    now: OffsetDateTime,
+) -> Result<(), DbError> {
+    let (state, at, reason) = match next {
+        Due::At(at) => (RecipientState::Scheduled, Some(micros(at)), None),
+        Due::Expired => (RecipientState::Failed, None, Some(EXPIRED)),
+    };
+    diesel::update(batch_recipients::table.find(id))
+        .set((
+            batch_recipients::state.eq(state.as_str()),
+            batch_recipients::attempt.eq(claimed_attempt - 1),
+            batch_recipients::held_since.eq(None::<OffsetDateTime>),
+            batch_recipients::next_attempt_at.eq(at),
+            batch_recipients::failure_reason.eq(reason),
+            batch_recipients::updated_at.eq(now),
+        ))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 async fn claim_in_transaction(
     conn: &mut AsyncPgConnection,
     request: &ClaimRequest,
@@ -578,12 +605,22 @@ async fn claim_in_transaction(
             continue;
         }
         let attempt = r.attempt();
+        let rules = r.rules()?;
+        // Due inside the window, but a dialer running late (a backlog, an outage) must not
+        // start the attempt after the window closed: back to the next opening instead.
+        match rules.due_from(now) {
+            Due::At(at) if at <= now => {}
+            next => {
+                unclaim(conn, r.id, r.attempt, next, now).await?;
+                continue;
+            }
+        }
         claimed.push(ClaimedAttempt {
             recipient_id: r.id,
             batch_id: BatchId::from_uuid(r.batch_id),
             attempt,
             driver: r.driver(&row.batch_timestamp, attempt)?,
-            rules: r.rules()?,
+            rules,
             due_at: row.due_at,
             call_written: false,
         });
@@ -691,6 +728,53 @@ async fn apply_settlement(
         .execute(conn)
         .await?;
     Ok(())
+}
+
+/// Gives back claims whose holder died before writing the attempt's Call.
+async fn release_dead_holds(
+    conn: &mut AsyncPgConnection,
+    now: OffsetDateTime,
+    cutoff: OffsetDateTime,
+) -> Result<u64, DbError> {
+    let rows: Vec<RecipientRow> = diesel::sql_query(
+        "SELECT * FROM batch_recipients WHERE state = 'dialing' AND held_since < $1 \
+         LIMIT $2 FOR UPDATE SKIP LOCKED",
+    )
+    .bind::<Timestamptz, _>(cutoff)
+    .bind::<BigInt, _>(SWEEP_LIMIT)
+    .load(conn)
+    .await?;
+    for row in &rows {
+        let cancelled: Option<OffsetDateTime> = batches::table
+            .find(row.batch_id)
+            .select(batches::cancelled_at)
+            .first(conn)
+            .await?;
+        let (state, next, reason) = if cancelled.is_some() {
+            (
+                RecipientState::Cancelled,
+                None,
+                row.failure_reason.as_deref(),
+            )
+        } else {
+            match row.rules()?.due_from(now) {
+                Due::At(at) => (RecipientState::Scheduled, Some(micros(at)), None),
+                Due::Expired => (RecipientState::Failed, None, Some(EXPIRED)),
+            }
+        };
+        diesel::update(batch_recipients::table.find(row.id))
+            .set((
+                batch_recipients::state.eq(state.as_str()),
+                batch_recipients::attempt.eq(row.attempt - 1),
+                batch_recipients::held_since.eq(None::<OffsetDateTime>),
+                batch_recipients::next_attempt_at.eq(next),
+                batch_recipients::failure_reason.eq(reason),
+                batch_recipients::updated_at.eq(now),
+            ))
+            .execute(conn)
+            .await?;
+    }
+    Ok(rows.len() as u64)
 }
 
 async fn current_state(conn: &mut AsyncPgConnection, id: i64) -> Result<RecipientState, DbError> {
@@ -920,18 +1004,13 @@ impl BatchRepository for PgBatchRepository {
                             .await?;
                         return Ok(false);
                     }
-                    if row.expires_at <= now {
-                        diesel::update(batch_recipients::table.find(row.id))
-                            .set((
-                                batch_recipients::state.eq(RecipientState::Failed.as_str()),
-                                batch_recipients::failure_reason.eq(EXPIRED),
-                                batch_recipients::held_since.eq(None::<OffsetDateTime>),
-                                batch_recipients::attempt.eq(row.attempt - 1),
-                                batch_recipients::updated_at.eq(now),
-                            ))
-                            .execute(conn)
-                            .await?;
-                        return Ok(false);
+                    // Past the expiry, or the window closed during the check: not now.
+                    match row.rules()?.due_from(now) {
+                        Due::At(at) if at <= now => {}
+                        next => {
+                            unclaim(conn, row.id, row.attempt, next, now).await?;
+                            return Ok(false);
+                        }
                     }
                     let written = write_attempt_calls(conn, &[claimed], now).await?;
                     Ok::<_, DbError>(!written.is_empty())
@@ -1163,24 +1242,11 @@ impl BatchRepository for PgBatchRepository {
                 .load(&mut conn)
                 .await?;
                 out.expired = expired.len() as u64;
-                // Claims whose holder died before writing the Call: nobody was dialed.
-                let released: Vec<IdRow> = diesel::sql_query(
-                    "UPDATE batch_recipients r SET attempt = r.attempt - 1, held_since = NULL, \
-                         updated_at = $1, \
-                         state = CASE WHEN b.cancelled_at IS NULL THEN 'scheduled' ELSE 'cancelled' END, \
-                         next_attempt_at = CASE WHEN b.cancelled_at IS NULL THEN $1 END \
-                     FROM batches b \
-                     WHERE b.id = r.batch_id AND r.id IN (SELECT id FROM batch_recipients \
-                         WHERE state = 'dialing' AND held_since < $2 \
-                         LIMIT $3 FOR UPDATE SKIP LOCKED) \
-                     RETURNING r.id",
-                )
-                .bind::<Timestamptz, _>(now)
-                .bind::<Timestamptz, _>(cutoff)
-                .bind::<BigInt, _>(SWEEP_LIMIT)
-                .load(&mut conn)
-                .await?;
-                out.released = released.len() as u64;
+                // Claims whose holder died before writing the Call: nobody was dialed, so
+                // the same attempt is due again, by the rule (the window may have closed).
+                out.released = conn
+                    .transaction(async |conn| release_dead_holds(conn, now, cutoff).await)
+                    .await?;
                 // Attempts under way whose Call ended without the recipient being settled
                 // (a crash between the two), or an earlier attempt that completed. (A
                 // scheduled recipient with a completed attempt is settled by the claim.)

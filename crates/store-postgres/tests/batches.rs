@@ -1085,6 +1085,14 @@ impl calls_domain::Telephony for Unused {
     }
 }
 
+/// No spacing between provider requests (none is made here).
+struct NoPace;
+
+#[async_trait::async_trait]
+impl calls_domain::ports::Pacer for NoPace {
+    async fn wait(&self) {}
+}
+
 /// An instance dies after committing the attempt's Call and before (or while) sending the
 /// outbound request: the recipient is `dialing` with an `in_progress` Call. The stale-call
 /// repair fails the Call and settles the recipient: re-dialed by the rule, not stuck.
@@ -1118,10 +1126,8 @@ async fn the_stale_call_repair_settles_an_attempt_whose_instance_died_mid_reques
     let repair = ReconcileStale::new(
         Arc::new(db.repository()),
         Arc::new(Unused),
-        ReconcileSettings {
-            min_request_interval: Duration::ZERO,
-            ..ReconcileSettings::default()
-        },
+        Arc::new(NoPace),
+        ReconcileSettings::default(),
     )
     .with_batches(Arc::new(survivor.clone()));
     let pass = repair.execute(Duration::ZERO).await.expect("pass");
@@ -1142,5 +1148,108 @@ async fn the_stale_call_repair_settles_an_attempt_whose_instance_died_mid_reques
     assert_eq!(
         again[0].attempt, 2,
         "the next attempt, never the same one twice"
+    );
+}
+
+#[tokio::test]
+async fn a_released_hold_waits_for_the_next_opening_of_its_window() {
+    let db = TestDatabase::new().await;
+    let repo = db.batch_repository();
+    let schedule = Schedule {
+        time_zone: Some(TimeZone::utc()),
+        window: Some(CallWindow::parse("14:00-15:05").expect("window")),
+        ..Schedule::default()
+    };
+    let view = create(&repo, &batch([1], schedule), NOW)
+        .await
+        .expect("created");
+    let hold = ClaimRequest {
+        write_calls: false,
+        ..claim_request(NOW, 10)
+    };
+    assert_eq!(repo.claim_due(&hold).await.expect("claim").len(), 1);
+    // The holder died; by the time the sweep gives the claim back the window has closed.
+    let later = NOW + time::Duration::minutes(10);
+    let swept = repo.sweep(later, later).await.expect("sweep");
+    assert_eq!(swept.released, 1);
+    let read = repo
+        .get_batch(&view.batch_id)
+        .await
+        .expect("get")
+        .expect("batch");
+    assert_eq!(read.drivers[0].state, RecipientState::Scheduled);
+    assert_eq!(
+        read.drivers[0].next_attempt_at,
+        Some(datetime!(2024-06-02 14:00 UTC)),
+        "the next opening, not now"
+    );
+}
+
+/// SPEC: attempts only ever start inside the recipient's window. A dialer that comes late
+/// (a backlog, an outage across the window's end) does not dial a recipient due before the
+/// window closed, nor does a pre-dial check that outlasts the window: the recipient waits
+/// for the next opening.
+#[tokio::test]
+async fn a_late_claim_after_the_window_closed_waits_for_the_next_opening() {
+    let db = TestDatabase::new().await;
+    let repo = db.batch_repository();
+    let defaults = BatchDefaults {
+        expiry: Duration::from_secs(3 * 86_400),
+        ..BatchDefaults::default()
+    };
+    let schedule = Schedule {
+        time_zone: Some(TimeZone::utc()),
+        window: Some(CallWindow::parse("14:00-15:05").expect("window")),
+        ..Schedule::default()
+    };
+    let view = CreateBatch::new(Arc::new(repo.clone()), defaults)
+        .execute(&batch([1, 2], schedule), NOW)
+        .await
+        .expect("created");
+    assert!(
+        claim(&repo, NOW + time::Duration::minutes(10))
+            .await
+            .is_empty(),
+        "not at 15:10"
+    );
+    let next_day = datetime!(2024-06-02 14:00 UTC);
+    let read = repo
+        .get_batch(&view.batch_id)
+        .await
+        .expect("get")
+        .expect("batch");
+    assert!(
+        read.drivers
+            .iter()
+            .all(|d| d.next_attempt_at == Some(next_day)),
+        "{read:?}"
+    );
+
+    let hold = ClaimRequest {
+        write_calls: false,
+        ..claim_request(next_day, 1)
+    };
+    let held = repo.claim_due(&hold).await.expect("claim").remove(0);
+    assert!(
+        !repo
+            .start_attempt(&held, datetime!(2024-06-02 15:05 UTC))
+            .await
+            .expect("start")
+    );
+    let read = repo
+        .get_batch(&view.batch_id)
+        .await
+        .expect("get")
+        .expect("batch");
+    let d = read
+        .drivers
+        .iter()
+        .find(|d| d.driver_id == held.driver.driver_id)
+        .expect("driver");
+    assert_eq!(d.state, RecipientState::Scheduled);
+    assert_eq!(d.next_attempt_at, Some(datetime!(2024-06-03 14:00 UTC)));
+    assert_eq!(
+        count(&db, "SELECT count(*)::text AS value FROM calls").await,
+        0
     );
 }

@@ -9,8 +9,7 @@ use time::OffsetDateTime;
 use super::{BatchId, CallSid, CallStatus, PageLimit};
 
 /// `scheduled` → `dialing` → `in_call` → `completed` | `failed` | `cancelled`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum RecipientState {
     /// Waiting for its due time.
     Scheduled,
@@ -75,7 +74,7 @@ impl fmt::Display for RecipientState {
 /// The failure reason of a recipient that ran past its expiry.
 pub const EXPIRED: &str = "expired";
 
-/// The pre-dial check's answer, as kept on the recipient.
+/// The pre-dial check's answer, as kept on the recipient (`last_check` jsonb).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CheckResult {
@@ -95,8 +94,7 @@ pub struct LastCheck {
 
 /// `status` of a batch: `cancelled` once cancel was asked, else `active` while any
 /// recipient is `scheduled`, `dialing` or `in_call`, else `done`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum BatchStatus {
     Active,
     Done,
@@ -124,7 +122,7 @@ impl BatchStatus {
 }
 
 /// How many recipients are in each state (all six, zeros included).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct StateCounts {
     pub scheduled: u64,
     pub dialing: u64,

@@ -243,6 +243,50 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Whatever the delays, expiry and failure time: a re-dial is the next attempt, is
+        /// one of the recipient's attempts, waits at least its delay, and falls before the
+        /// expiry; otherwise the recipient fails (expired when time ran out).
+        #[test]
+        fn a_redial_respects_the_attempt_count_the_delay_and_the_expiry(
+            delays in proptest::collection::vec(0u64..=604_800, 0..=10),
+            attempt in 1u32..=11,
+            known_after in 0i64..1_000_000,
+            expiry in 1i64..2_000_000,
+        ) {
+            let r = DialRules {
+                time_zone: TimeZone::parse("America/Chicago").expect("tz"),
+                window: CallWindow::parse("08:00-20:00").expect("window"),
+                redial_delays: RedialDelays::new(delays.clone()).expect("delays"),
+                expires_at: NOW + time::Duration::seconds(expiry),
+            };
+            let now = NOW + time::Duration::seconds(known_after);
+            let i = SettleInput {
+                current_attempt: attempt,
+                ended_attempt: attempt,
+                now,
+                ..input(&r)
+            };
+            match decide_settlement(&i) {
+                Settlement::Scheduled { attempt: next, at } => {
+                    proptest::prop_assert_eq!(next, attempt + 1);
+                    proptest::prop_assert!(next <= r.redial_delays.max_attempts());
+                    let delay = delays[usize::try_from(attempt - 1).expect("index")];
+                    proptest::prop_assert!(at >= now + time::Duration::seconds(delay as i64));
+                    proptest::prop_assert!(at < r.expires_at);
+                }
+                Settlement::Failed { reason } => {
+                    let exhausted = attempt >= r.redial_delays.max_attempts();
+                    proptest::prop_assert!(
+                        (exhausted && reason == "busy") || (!exhausted && reason == EXPIRED),
+                        "{reason} after attempt {attempt} of {}", r.redial_delays.max_attempts()
+                    );
+                }
+                other => proptest::prop_assert!(false, "{other:?}"),
+            }
+        }
+    }
+
     #[test]
     fn only_4xx_other_than_408_and_429_is_not_redialable() {
         for s in [400, 401, 403, 404, 409, 422, 499] {

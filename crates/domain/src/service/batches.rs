@@ -218,7 +218,8 @@ pub enum DialOutcome {
     /// The pre-dial check said not now (or failed): no Call, no attempt used.
     NotDialed { check: CheckResult, next: Due },
     /// The claim no longer held when the Call was to be written (the batch was
-    /// cancelled): nobody was dialed.
+    /// cancelled, the window closed or the recipient expired during the check): nobody
+    /// was dialed; the recipient is `cancelled`, `scheduled` again or `failed`.
     Abandoned,
     /// The database failed before anything was dialed: the claim is released by the
     /// sweep, or the stale-call repair settles the Call.
