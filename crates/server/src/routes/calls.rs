@@ -188,7 +188,7 @@ pub async fn get_transcriptions(
 
 // ---- GET /calls: the listing (parameters and cursor in calls/listing.rs) ----
 
-pub mod listing;
+pub(crate) mod listing;
 
 pub use listing::ListCallsParams;
 
