@@ -71,6 +71,7 @@ struct Live {
     /// The Call's batch and attempt, which never change.
     batch: Option<BatchLink>,
     changes: broadcast::Receiver<CallChange>,
+    closing: tokio::sync::watch::Receiver<bool>,
     pending: VecDeque<Bytes>,
     finished: bool,
 }
@@ -141,10 +142,15 @@ impl Live {
             if let Some(bytes) = self.pending.pop_front() {
                 return Some(bytes);
             }
-            if self.finished {
+            if self.finished || *self.closing.borrow() {
                 return None;
             }
-            match tokio::time::timeout(HEARTBEAT, self.changes.recv()).await {
+            let received = tokio::select! {
+                received = tokio::time::timeout(HEARTBEAT, self.changes.recv()) => received,
+                // The instance is stopping: end the stream; the page reconnects elsewhere.
+                _ = self.closing.changed() => return None,
+            };
+            match received {
                 Err(_) => return Some(Bytes::from_static(b": heartbeat\n\n")),
                 Ok(Ok(change)) => {
                     if self.concerns(&change) {
@@ -190,6 +196,7 @@ pub async fn events(
         last_state: None,
         batch,
         changes,
+        closing: state.console.closing(),
         // Reconnect quickly after a dropped connection.
         pending: VecDeque::from([Bytes::from_static(b"retry: 1000\n\n")]),
         finished: false,

@@ -8,7 +8,7 @@ use calls_domain::service::{CancelBatch, ReadBatches};
 use calls_store_postgres::{
     CallChange, ChangeFeed, ChangeNotifier, PgBatchRepository, PgConsoleSessions, RetryPolicy,
 };
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 use super::ConsoleError;
 use super::limiter::{LoginLimiter, LoginLimits};
@@ -19,6 +19,10 @@ pub struct ConsoleState {
     sessions: Option<Arc<dyn ConsoleSessions>>,
     feed: Option<ChangeFeed>,
     notifier: Option<ChangeNotifier>,
+    /// Flips to `true` when the process is told to stop: live streams end then, so open
+    /// pages do not hold the graceful shutdown for its whole timeout (they reconnect, to
+    /// another instance, and catch up).
+    closing: watch::Sender<bool>,
     read_batches: Option<ReadBatches>,
     cancel_batch: Option<CancelBatch>,
     pub limiter: LoginLimiter,
@@ -28,7 +32,14 @@ impl ConsoleState {
     /// Sessions on the service's pool; the change feed on its own connection. Without
     /// PostgreSQL (tests of other parts with mocks) the console answers 503.
     pub fn new(settings: &Settings, pool: Option<&calls_store_postgres::DbPool>) -> Self {
+        let (closing, _) = watch::channel(false);
+        let on_signal = closing.clone();
+        tokio::spawn(async move {
+            stop_signal().await;
+            on_signal.send_replace(true);
+        });
         Self {
+            closing,
             sessions: pool.map(|pool| {
                 Arc::new(PgConsoleSessions::new(pool.clone(), RetryPolicy::default()))
                     as Arc<dyn ConsoleSessions>
@@ -63,6 +74,15 @@ impl ConsoleState {
         }
     }
 
+    /// Ends every live stream of this instance (on SIGTERM/SIGINT; tests call it directly).
+    pub fn close_streams(&self) {
+        self.closing.send_replace(true);
+    }
+
+    pub(super) fn closing(&self) -> watch::Receiver<bool> {
+        self.closing.subscribe()
+    }
+
     pub(super) fn read_batches(&self) -> Result<&ReadBatches, ConsoleError> {
         self.read_batches.as_ref().ok_or(ConsoleError::Unavailable)
     }
@@ -85,4 +105,20 @@ fn batches(pool: Option<&calls_store_postgres::DbPool>) -> Option<Arc<dyn BatchR
         Arc::new(PgBatchRepository::new(pool.clone(), RetryPolicy::default()))
             as Arc<dyn BatchRepository>
     })
+}
+
+/// SIGTERM or SIGINT, the signals on which the HTTP server shuts down gracefully.
+async fn stop_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = terminate => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
 }

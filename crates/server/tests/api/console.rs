@@ -814,3 +814,23 @@ async fn a_large_form_body_is_refused() {
         .await;
     assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
 }
+
+#[tokio::test]
+async fn live_streams_end_when_the_instance_stops() {
+    let app = spawn_app().await;
+    app.create_call("EL_14_stop", Some("conv_stop")).await;
+    let browser = logged_in(&app).await;
+    let mut stream = browser.get("/console/calls/EL_14_stop/events").await;
+    read_until(&mut stream, "event: call", Duration::from_secs(2)).await;
+
+    app.state.console.close_streams();
+
+    let ended = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Ok(Some(_)) = stream.chunk().await {}
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the stream ended, so it cannot hold the graceful shutdown"
+    );
+}
