@@ -509,6 +509,10 @@ async fn the_call_page_shows_the_outcome_the_data_collection_and_the_transcript_
     assert!(first < second, "in order");
     assert!(body[first..second].contains("Hello, this is dispatch."));
     assert!(!body.contains("live.js"), "an ended call is not live");
+    assert!(
+        !body.contains("<dt>Batch</dt>"),
+        "no batch: a call of the batch-call API"
+    );
 }
 
 #[tokio::test]
