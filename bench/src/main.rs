@@ -105,16 +105,20 @@ fn main() -> std::process::ExitCode {
         return drill::main(drill::Options::parse_from(args));
     }
     let options = Options::parse_from(args).effective();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    run_to_exit("bench", bench(options))
+}
+
+/// Runs `work` on a multi-thread runtime; on an error prints `<name>: FAILED: …` and exits 1.
+pub fn run_to_exit(name: &str, work: impl Future<Output = Result<()>>) -> std::process::ExitCode {
+    let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build();
-    let result = runtime
+        .build()
         .context("starting the runtime")
-        .and_then(|rt| rt.block_on(bench(options)));
+        .and_then(|rt| rt.block_on(work));
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("bench: FAILED: {e:#}");
+            eprintln!("{name}: FAILED: {e:#}");
             std::process::ExitCode::FAILURE
         }
     }

@@ -5,7 +5,6 @@
 mod bench;
 mod db;
 mod dev;
-mod drill;
 mod process;
 mod test_cmd;
 
@@ -111,8 +110,8 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Run => dev::run_server(&root),
         Command::Demo => dev::demo(&root),
         Command::Test { no_demo, args } => test_cmd::test(&root, no_demo, &args),
-        Command::Bench(p) => bench::bench(&root, &p.args),
-        Command::Drill(p) => drill::drill(&root, &p.args),
+        Command::Bench(p) => bench::bench(&root, bench::Run::Bench, &p.args),
+        Command::Drill(p) => bench::bench(&root, bench::Run::Drill, &p.args),
     }
 }
 

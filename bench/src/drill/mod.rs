@@ -58,19 +58,7 @@ impl Options {
 }
 
 pub fn main(options: Options) -> std::process::ExitCode {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build();
-    let result = runtime
-        .context("starting the runtime")
-        .and_then(|rt| rt.block_on(drill(options)));
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("drill: FAILED: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    crate::run_to_exit("drill", drill(options))
 }
 
 async fn drill(options: Options) -> Result<()> {

@@ -268,13 +268,23 @@ pub trait CallRepository: Send + Sync + 'static {
     /// an empty page).
     async fn list_calls(&self, query: &CallListQuery) -> Result<CallPage, RepositoryError>;
 
-    /// Calls still `in_progress` that started before `started_before`, oldest first
-    /// (`call_start_time`, then `id`), at most `limit` of them.
+    /// Calls still `in_progress` that started before `started_before` and are due for a
+    /// check (never checked, or their [`CallRepository::defer_reconcile`] time has come),
+    /// at most `limit` of them: never checked first, then by the time their check became
+    /// due, then oldest first (`call_start_time`, then `id`).
     async fn stale_calls(
         &self,
         started_before: OffsetDateTime,
         limit: i64,
     ) -> Result<Vec<Call>, RepositoryError>;
+
+    /// Notes that the stale Call was asked about and is still unfinished: it is not due
+    /// for another check before `next_check_at`.
+    async fn defer_reconcile(
+        &self,
+        call_sid: &CallSid,
+        next_check_at: OffsetDateTime,
+    ) -> Result<(), RepositoryError>;
 
     /// Takes the stale-call reconciler's lock without waiting: `None` when another process
     /// (or another lease in this one) holds it. The lock MUST be shared by every instance

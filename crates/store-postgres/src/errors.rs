@@ -126,7 +126,17 @@ fn query_failure(e: &DieselError) -> Failure {
                     "terminating connection",
                     "the database system is",
                 ];
-                if busy.iter().any(|needle| message.contains(needle)) {
+                if message.starts_with("prepared statement") && message.ends_with("does not exist")
+                {
+                    // 26000: a transaction-pooling PgBouncer before 1.21 (or without
+                    // max_prepared_statements) sent our statement to another server
+                    // connection. Nothing ran; the caller is told to retry, the operator how
+                    // to fix it (docs/scaling.md).
+                    tracing::error!(
+                        "the connection pooler does not carry prepared statements: use PgBouncer >= 1.21 with max_prepared_statements > 0, or session pooling"
+                    );
+                    Failure::Busy
+                } else if busy.iter().any(|needle| message.contains(needle)) {
                     Failure::Busy
                 } else if transient.iter().any(|needle| message.contains(needle)) {
                     Failure::Transient
@@ -147,5 +157,57 @@ pub(crate) fn is_unique_violation(e: &DbError) -> Option<&str> {
             Some(info.constraint_name().unwrap_or("unique constraint"))
         }
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Info(&'static str);
+
+    impl diesel::result::DatabaseErrorInformation for Info {
+        fn message(&self) -> &str {
+            self.0
+        }
+        fn details(&self) -> Option<&str> {
+            None
+        }
+        fn hint(&self) -> Option<&str> {
+            None
+        }
+        fn table_name(&self) -> Option<&str> {
+            None
+        }
+        fn column_name(&self) -> Option<&str> {
+            None
+        }
+        fn constraint_name(&self) -> Option<&str> {
+            None
+        }
+        fn statement_position(&self) -> Option<i32> {
+            None
+        }
+    }
+
+    fn unknown(message: &'static str) -> Failure {
+        query_failure(&DieselError::DatabaseError(
+            DatabaseErrorKind::Unknown,
+            Box::new(Info(message)),
+        ))
+    }
+
+    #[test]
+    fn a_pooler_that_loses_prepared_statements_is_busy_not_a_bug() {
+        assert_eq!(
+            unknown("prepared statement \"s10\" does not exist"),
+            Failure::Busy
+        );
+        assert_eq!(
+            unknown("canceling statement due to lock timeout"),
+            Failure::Busy
+        );
+        assert_eq!(unknown("deadlock detected"), Failure::Transient);
+        assert_eq!(unknown("syntax error at or near"), Failure::Permanent);
     }
 }

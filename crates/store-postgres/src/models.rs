@@ -6,7 +6,7 @@ use time::OffsetDateTime;
 
 use crate::schema::{call_transcriptions, calls};
 
-#[derive(Debug, Queryable, Selectable)]
+#[derive(Debug, Queryable, QueryableByName, Selectable)]
 #[diesel(table_name = calls, check_for_backend(diesel::pg::Pg))]
 pub(crate) struct CallRow {
     pub id: i64,

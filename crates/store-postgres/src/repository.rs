@@ -378,24 +378,31 @@ impl CallRepository for PgCallRepository {
         .await
     }
 
+    async fn defer_reconcile(
+        &self,
+        call_sid: &CallSid,
+        next_check_at: OffsetDateTime,
+    ) -> Result<(), RepositoryError> {
+        self.with_retry("defer_reconcile", async |conn, _| {
+            crate::reconciler::defer(conn, call_sid.as_str(), next_check_at).await
+        })
+        .await
+    }
+
     async fn try_lock_reconciler(&self) -> Result<Option<ReconcilerLease>, RepositoryError> {
-        // Retrying is safe: a connection lost mid-attempt takes its lock with it.
-        self.retry
-            .run("try_lock_reconciler", &self.retries, |_| async move {
-                let mut conn = self.conn().await?;
-                if !crate::reconciler::try_lock(&mut conn, &self.pool.schema).await? {
-                    return Ok(None);
-                }
-                // Out of the pool for good, so no request ever runs on the locked session.
-                let conn = diesel_async::pooled_connection::deadpool::Object::take(conn);
-                Ok(Some(ReconcilerLease::new(Box::new(
-                    crate::reconciler::PgReconcilerLease {
-                        conn,
-                        schema: self.pool.schema.clone(),
-                    },
-                ))))
+        // Retrying is safe: taking the lease is one statement, and a lease taken by an
+        // attempt whose answer was lost expires on its own.
+        let holder = self
+            .with_retry("try_lock_reconciler", async |conn, _| {
+                crate::reconciler::try_take(conn).await
             })
-            .await
+            .await?;
+        Ok(holder.map(|holder| {
+            ReconcilerLease::new(Box::new(crate::reconciler::PgReconcilerLease::new(
+                self.pool.clone(),
+                holder,
+            )))
+        }))
     }
 }
 

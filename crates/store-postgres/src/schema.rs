@@ -31,6 +31,16 @@ diesel::table! {
 }
 
 diesel::table! {
+    /// Stale-call repair bookkeeping (0014): when a Call may be asked about again.
+    call_reconcile_checks (call_id) {
+        call_id -> Int8,
+        checks -> Int4,
+        last_checked_at -> Timestamptz,
+        next_check_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     batches (id) {
         id -> Uuid,
         call_type -> Text,
@@ -39,6 +49,17 @@ diesel::table! {
         cancelled_at -> Nullable<Timestamptz>,
     }
 }
+
+diesel::table! {
+    /// Leases with an expiry (0014): one stale-call reconciler at a time.
+    leases (name) {
+        name -> Text,
+        holder -> Text,
+        expires_at -> Timestamptz,
+    }
+}
+
+diesel::joinable!(call_reconcile_checks -> calls (call_id));
 
 diesel::table! {
     batch_recipients (id) {
@@ -80,5 +101,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     calls,
     call_transcriptions,
     batches,
-    batch_recipients
+    batch_recipients,
+    call_reconcile_checks
 );

@@ -1,5 +1,5 @@
-//! The stale-call reconciler's store side: which Calls are stale, and the advisory lock
-//! that keeps reconciliation to one instance at a time.
+//! The stale-call reconciler's store side: which Calls are stale and due for a check, and
+//! the lease row that keeps reconciliation to one instance at a time.
 
 use std::time::Duration;
 
@@ -111,31 +111,129 @@ async fn a_dropped_lease_releases_the_lock_when_its_connection_closes() {
 }
 
 #[tokio::test]
-async fn the_locked_connection_leaves_the_pool() {
+async fn the_lease_is_a_row_with_an_expiry_and_holds_no_connection_or_session_lock() {
     let db = TestDatabase::new().await;
     let repo = db.repository();
-    let before = repo.pool().stats();
     let lease = repo
         .try_lock_reconciler()
         .await
         .expect("asked")
         .expect("free");
 
-    // Every pooled connection is usable by requests; none of them holds the lock.
     let stats = repo.pool().stats();
-    let locks_in_pool = db
-        .strings(
-            "SELECT count(*)::text AS value FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()",
-        )
+    let rows = db
+        .strings("SELECT (expires_at > now())::text AS value FROM leases")
+        .await;
+    // What this schema's connections hold: no advisory lock survives the statement.
+    let advisory = db
+        .strings(&format!(
+            "SELECT count(*)::text AS value FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+             WHERE l.locktype = 'advisory' AND a.application_name = 'calls-server/{}'",
+            db.schema().as_str()
+        ))
         .await;
 
-    assert_eq!(before.size, 0, "the pool opens connections lazily");
+    assert_eq!(rows, ["true"], "one lease row, not yet expired");
     assert_eq!(
-        stats.size, 0,
-        "the locked connection was taken out of the pool"
+        stats.in_use, 0,
+        "every pooled connection is back in the pool"
     );
-    assert_eq!(locks_in_pool, ["0"]);
+    assert_eq!(advisory, ["0"]);
     lease.release().await;
+    assert!(
+        db.strings("SELECT holder AS value FROM leases")
+            .await
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn an_expired_lease_of_a_dead_holder_is_taken_over() {
+    let db = TestDatabase::new().await;
+    db.execute(
+        "INSERT INTO leases (name, holder, expires_at) \
+         VALUES ('reconcile-stale-calls', 'dead-instance', now() - interval '1 second')",
+    )
+    .await;
+
+    let lease = db.repository().try_lock_reconciler().await.expect("asked");
+
+    assert!(lease.is_some(), "expired: taken over");
+    assert_ne!(
+        db.strings("SELECT holder AS value FROM leases").await,
+        ["dead-instance"]
+    );
+}
+
+#[tokio::test]
+async fn a_live_lease_of_another_holder_is_not_taken() {
+    let db = TestDatabase::new().await;
+    db.execute(
+        "INSERT INTO leases (name, holder, expires_at) \
+         VALUES ('reconcile-stale-calls', 'other-instance', now() + interval '1 minute')",
+    )
+    .await;
+
+    assert!(
+        db.repository()
+            .try_lock_reconciler()
+            .await
+            .expect("asked")
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn deferred_calls_wait_and_never_checked_ones_come_first_so_every_stale_call_gets_its_turn() {
+    let db = TestDatabase::new().await;
+    let repo = db.repository();
+    // 150 old Calls whose conversations stay unfinished, and 5 newer ones.
+    for i in 0..150 {
+        call_at(
+            &repo,
+            &format!("EL_{i}_stuck"),
+            datetime!(2024-11-21 08:00:00 UTC) + time::Duration::seconds(i),
+        )
+        .await;
+    }
+    for i in 0..5 {
+        call_at(
+            &repo,
+            &format!("EL_{i}_newer"),
+            datetime!(2024-11-21 11:00:00 UTC),
+        )
+        .await;
+    }
+    let later = OffsetDateTime::now_utc() + time::Duration::hours(1);
+
+    // Pass 1: the 100 oldest, each then deferred (still processing at the provider).
+    let first = repo.stale_calls(CUTOFF, 100).await.expect("listed");
+    for call in &first {
+        repo.defer_reconcile(&call.call_sid, later)
+            .await
+            .expect("deferred");
+    }
+    // Pass 2: the rest, the newer five included, although older Calls are still stale.
+    let second = repo.stale_calls(CUTOFF, 100).await.expect("listed");
+    // Once a deferral has come due, that Call is due again; never-checked ones go first.
+    db.execute("UPDATE call_reconcile_checks SET next_check_at = now() - interval '1 second' WHERE call_id = (SELECT id FROM calls WHERE call_sid = 'EL_0_stuck')").await;
+    call_at(&repo, "EL_9_fresh", datetime!(2024-11-21 11:30:00 UTC)).await;
+    for call in &second {
+        repo.defer_reconcile(&call.call_sid, later)
+            .await
+            .expect("deferred");
+    }
+    let third = repo.stale_calls(CUTOFF, 100).await.expect("listed");
+
+    assert_eq!(first.len(), 100);
+    assert_eq!(first[0].call_sid.as_str(), "EL_0_stuck");
+    assert_eq!(second.len(), 55);
+    assert!(sids(&second).contains(&"EL_4_newer"));
+    assert_eq!(sids(&third), ["EL_9_fresh", "EL_0_stuck"]);
+    assert_eq!(
+        db.strings("SELECT checks::text AS value FROM call_reconcile_checks k JOIN calls c ON c.id = k.call_id WHERE c.call_sid = 'EL_0_stuck'").await,
+        ["1"]
+    );
 }
 
 #[tokio::test]

@@ -22,6 +22,8 @@ fn tables() -> Vec<(&'static str, Vec<ColumnSpec>)> {
     vec![
         described::<schema::calls::table>("calls"),
         described::<schema::call_transcriptions::table>("call_transcriptions"),
+        described::<schema::call_reconcile_checks::table>("call_reconcile_checks"),
+        described::<schema::leases::table>("leases"),
         described::<schema::batches::table>("batches"),
         described::<schema::batch_recipients::table>("batch_recipients"),
         described::<schema::console_sessions::table>("console_sessions"),

@@ -4,9 +4,15 @@
 //! `done` completes the Call (outcome, transcript reconciliation), `failed` and a 404 fail
 //! it, anything else leaves it. A Call that never got a conversation_id fails.
 //!
-//! One pass at a time across all instances (the repository's reconciler lock), with a
+//! One pass at a time across all instances (the repository's reconciler lease), with a
 //! bounded number of requests in flight and a bounded request rate toward the provider.
-//! Nothing here is fatal: a provider error leaves the Call for the next pass.
+//! Nothing here is fatal: a provider error leaves the Call for a later pass.
+//!
+//! Fair: a Call asked about and still unfinished is deferred by [`check_backoff`] of its
+//! age, one left unanswered goes to the back of the queue, and each pass takes never-asked
+//! Calls first, so every stale Call is examined within a bounded number of passes however
+//! many stay unfinished or keep failing. A Call
+//! the provider still reports unfinished `give_up_after` its start ends `failed`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +35,20 @@ pub struct ReconcileSettings {
     pub batch_limit: i64,
     /// Conversation requests in flight at once (their starts are spaced by the `Pacer`).
     pub concurrency: usize,
+    /// Age at which a Call the provider still reports unfinished is failed instead of
+    /// being asked about again.
+    pub give_up_after: Duration,
+}
+
+/// Default of [`ReconcileSettings::give_up_after`]: three days (no phone call lasts that
+/// long; ElevenLabs caps a conversation at hours).
+pub const DEFAULT_GIVE_UP_AFTER: Duration = Duration::from_secs(3 * 24 * 3600);
+
+/// How long a stale Call that is still unfinished waits before it is asked about again: a
+/// tenth of its age, between one minute and six hours. Young Calls are asked again soon
+/// (their post-call event is merely late), old ones rarely.
+pub fn check_backoff(age: Duration) -> Duration {
+    (age / 10).clamp(Duration::from_secs(60), Duration::from_secs(6 * 3600))
 }
 
 impl Default for ReconcileSettings {
@@ -36,6 +56,7 @@ impl Default for ReconcileSettings {
         Self {
             batch_limit: 100,
             concurrency: 4,
+            give_up_after: DEFAULT_GIVE_UP_AFTER,
         }
     }
 }
@@ -124,6 +145,7 @@ impl ReconcileStale {
             settings: ReconcileSettings {
                 batch_limit: settings.batch_limit.max(1),
                 concurrency: settings.concurrency.max(1),
+                give_up_after: settings.give_up_after,
             },
         }
     }
@@ -179,13 +201,43 @@ impl ReconcileStale {
 
     #[tracing::instrument(name = "reconcile_call", skip_all, fields(call_sid = %call.call_sid))]
     async fn reconcile_one(&self, call: Call) -> Reconciled {
-        let result = match call.conversation_id.clone() {
+        let now = OffsetDateTime::now_utc();
+        let age = Duration::try_from(now - call.call_start_time).unwrap_or_default();
+        let mut result = match call.conversation_id.clone() {
             None => self.fail(&call, None, NO_CONVERSATION_ID.to_owned()).await,
             Some(conversation_id) => {
                 self.pace.wait().await;
                 self.ask(&call, conversation_id).await
             }
         };
+        if let ReconcileResult::Pending { status } = &result {
+            if age >= self.settings.give_up_after {
+                let reason = format!(
+                    "conversation still {status} at ElevenLabs {} hours after the call started; given up",
+                    age.as_secs() / 3600
+                );
+                result = self.fail(&call, call.conversation_id.clone(), reason).await;
+            }
+        }
+        // Still unfinished: asked again after a pause that grows with its age. Unanswered
+        // (a provider or database error): due again at once, but behind every Call not
+        // asked since, so a failing few cannot hold the others back.
+        let next = match result {
+            ReconcileResult::Pending { .. } => Some(
+                time::Duration::try_from(check_backoff(age))
+                    .ok()
+                    .and_then(|d| now.checked_add(d))
+                    .unwrap_or(now),
+            ),
+            ReconcileResult::Error { .. } => Some(now),
+            _ => None,
+        };
+        if let Some(next) = next {
+            if let Err(e) = self.repository.defer_reconcile(&call.call_sid, next).await {
+                // Only fairness suffers: the Call comes up again in the next pass.
+                tracing::warn!(error = %e, "could not defer the next check of a stale call");
+            }
+        }
         match &result {
             ReconcileResult::Error { error } => {
                 tracing::warn!(result = result.label(), %error, "stale call left for the next pass");
@@ -435,9 +487,21 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_pending_conversation_leaves_the_call_alone() {
-        let mut repo = repo_with(vec![call("EL_3_c", Some("conv_c"))]);
+    async fn a_pending_conversation_leaves_the_call_alone_and_defers_its_next_check() {
+        let mut young = call("EL_3_c", Some("conv_c"));
+        young.call_start_time = OffsetDateTime::now_utc() - time::Duration::hours(1);
+        let mut repo = repo_with(vec![young]);
         repo.expect_finish_call().times(0);
+        repo.expect_defer_reconcile()
+            .withf(|sid, next| {
+                // A tenth of its age (one hour): six minutes from now.
+                let wait = *next - OffsetDateTime::now_utc();
+                sid.as_str() == "EL_3_c"
+                    && wait > time::Duration::minutes(5)
+                    && wait <= time::Duration::minutes(6)
+            })
+            .times(1)
+            .returning(|_, _| Ok(()));
         let mut telephony = MockTelephony::new();
         telephony.expect_fetch_conversation().returning(|_| {
             Ok(ConversationState::Pending {
@@ -452,6 +516,46 @@ mod tests {
             ReconcileResult::Pending {
                 status: "processing".into()
             }
+        );
+    }
+
+    #[tokio::test]
+    async fn a_conversation_still_unfinished_days_after_the_call_started_fails_it() {
+        // call() started in 2024: long past the three days.
+        let mut repo = repo_with(vec![call("EL_3_old", Some("conv_old"))]);
+        repo.expect_finish_call()
+            .withf(|_, f| {
+                matches!(&f.ending, Ending::Failed { reason, .. }
+                    if reason.contains("still processing") && reason.contains("given up"))
+            })
+            .times(1)
+            .returning(finish_answer);
+        repo.expect_defer_reconcile().times(0);
+        let mut telephony = MockTelephony::new();
+        telephony.expect_fetch_conversation().returning(|_| {
+            Ok(ConversationState::Pending {
+                status: "processing".into(),
+            })
+        });
+
+        let lines = run(&reconciler(repo, telephony)).await;
+
+        assert_eq!(lines[0].result.label(), "failed");
+    }
+
+    #[test]
+    fn checks_back_off_with_age_between_a_minute_and_six_hours() {
+        assert_eq!(
+            check_backoff(Duration::from_secs(30 * 60)),
+            Duration::from_secs(180)
+        );
+        assert_eq!(
+            check_backoff(Duration::from_secs(10)),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            check_backoff(Duration::from_secs(30 * 24 * 3600)),
+            Duration::from_secs(6 * 3600)
         );
     }
 
@@ -495,6 +599,10 @@ mod tests {
             .expect_fetch_conversation()
             .with(eq(conv("conv_e")))
             .returning(|_| Err(TelephonyError::ServerError { status: 500 }));
+        repo.expect_defer_reconcile()
+            .withf(|sid, _| sid.as_str() == "EL_5_e")
+            .times(1)
+            .returning(|_, _| Ok(()));
         telephony
             .expect_fetch_conversation()
             .with(eq(conv("conv_f")))
@@ -584,6 +692,10 @@ mod tests {
         let mut repo = repo_with(vec![call("EL_9_i", Some("conv_i"))]);
         repo.expect_finish_call()
             .returning(|_, _| Err(RepositoryError::Unavailable("connection refused".into())));
+        // Left for a later pass, after a pause.
+        repo.expect_defer_reconcile()
+            .times(1)
+            .returning(|_, _| Ok(()));
         let mut telephony = MockTelephony::new();
         telephony
             .expect_fetch_conversation()
@@ -746,11 +858,18 @@ mod tests {
         let provider = Arc::new(SlowProvider {
             in_flight: Mutex::new((0, 0)),
         });
+        let mut repo = repo_with(calls);
+        repo.expect_defer_reconcile()
+            .times(12)
+            .returning(|_, _| Ok(()));
         let reconciler = ReconcileStale::new(
-            Arc::new(repo_with(calls)),
+            Arc::new(repo),
             provider.clone(),
             no_pace(),
-            ReconcileSettings::default(),
+            ReconcileSettings {
+                give_up_after: Duration::MAX,
+                ..ReconcileSettings::default()
+            },
         );
 
         let lines = run(&reconciler).await;

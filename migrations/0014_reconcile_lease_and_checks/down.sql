@@ -1,0 +1,2 @@
+DROP TABLE call_reconcile_checks;
+DROP TABLE leases;
