@@ -308,6 +308,7 @@ mod tests {
                 "0012_console",
                 "0013_append_turn_result",
                 "0014_reconcile_lease_and_checks",
+                "0015_append_without_scans",
             ]
         );
     }
