@@ -12,6 +12,7 @@ use crate::models::{
 };
 
 pub mod batches;
+pub mod console_sessions;
 pub mod telephony;
 
 pub use batches::{
@@ -21,6 +22,9 @@ pub use batches::{
 #[cfg(any(test, feature = "mocks"))]
 pub use batches::{MockBatchRepository, MockPredialCheck};
 
+#[cfg(any(test, feature = "mocks"))]
+pub use console_sessions::MockConsoleSessions;
+pub use console_sessions::{ConsoleSessions, SessionHash};
 #[cfg(any(test, feature = "mocks"))]
 pub use telephony::MockTelephony;
 pub use telephony::{ConversationState, OutboundCall, PlacedCall, Telephony, TelephonyError};

@@ -76,7 +76,7 @@ fn bearer(req: &HttpRequest) -> Option<&str> {
 
 /// Equality in time independent of where the inputs differ: both sides are MACed with a
 /// fixed key and compared with `verify_slice`.
-fn constant_time_eq(provided: &str, expected: &str) -> bool {
+pub(crate) fn constant_time_eq(provided: &str, expected: &str) -> bool {
     let mac = |data: &str| {
         let mut m = <Hmac<Sha256> as Mac>::new_from_slice(b"calls-server token comparison")
             .expect("HMAC takes keys of any length");

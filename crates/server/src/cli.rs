@@ -189,6 +189,13 @@ pub struct ServeArgs {
     #[arg(long, env = "PREDIAL_TIMEOUT_MS", default_value_t = 3000,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub predial_timeout_ms: u64,
+    /// How long a console login lasts, in seconds.
+    #[arg(long, env = "CONSOLE_SESSION_TTL_SECS", default_value_t = 43_200, value_parser = clap::value_parser!(u64).range(1..))]
+    pub console_session_ttl_secs: u64,
+    /// A direct (unpooled) PostgreSQL URL for the console's LISTEN connection, needed when
+    /// DATABASE_URL goes through a pooler in transaction mode; default DATABASE_URL.
+    #[arg(long, env = "DATABASE_DIRECT_URL", hide_env_values = true)]
+    pub database_direct_url: Option<SecretString>,
     /// TELEPHONY=simulated: do not deliver this turn's webhook (1-based), so the post-call
     /// reconciliation can be seen restoring it.
     #[arg(long, env = "SIMULATED_DROP_TURN", value_parser = RangedU64ValueParser::<usize>::new().range(1..))]

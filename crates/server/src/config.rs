@@ -60,6 +60,17 @@ pub struct Settings {
     /// `PREDIAL_URL` and friends; `None`: no pre-dial check.
     pub predial: Option<PredialSettings>,
     pub limits: LimitSettings,
+    pub console: ConsoleSettings,
+}
+
+/// The dispatcher console (docs/console.md).
+#[derive(Debug, Clone)]
+pub struct ConsoleSettings {
+    pub session_ttl: Duration,
+    /// `Secure` on the session cookie: PUBLIC_BASE_URL is https.
+    pub secure_cookie: bool,
+    /// Where the change feed LISTENs: DATABASE_DIRECT_URL, else DATABASE_URL.
+    pub listen_url: SecretString,
 }
 
 /// The dispatcher system's pre-dial check.
@@ -179,6 +190,8 @@ impl Settings {
         let Some(database) = database.filter(|_| missing.is_empty()) else {
             return Err(ConfigError::Missing(missing));
         };
+        let listen_url = non_empty_secret(args.database_direct_url.as_ref())
+            .unwrap_or_else(|| database.url.clone());
         let public_base_url = non_empty(args.public_base_url.as_ref())
             .unwrap_or_else(|| format!("http://{}", args.bind_addr))
             .trim_end_matches('/')
@@ -192,7 +205,6 @@ impl Settings {
             conversation_wait: Duration::from_millis(args.webhook_conversation_wait_ms),
             transfer_to_number: args.transfer_to_number.clone(),
             dispatcher_name: args.dispatcher_name.clone(),
-            public_base_url,
             call_concurrency: args.call_concurrency,
             body_limits: BodyLimits {
                 transcription: args.transcription_max_body_bytes,
@@ -223,6 +235,14 @@ impl Settings {
                 max_waiting_per_call: args.max_waiting_per_call as usize,
                 ..LimitSettings::default()
             },
+            console: ConsoleSettings {
+                session_ttl: Duration::from_secs(args.console_session_ttl_secs),
+                secure_cookie: public_base_url
+                    .get(..8)
+                    .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://")),
+                listen_url,
+            },
+            public_base_url,
         })
     }
 }
@@ -528,6 +548,49 @@ mod tests {
                 .expect_err("0 refused");
             assert!(err.to_string().contains(name), "{name} in {err}");
         }
+    }
+
+    #[test]
+    fn the_console_defaults_to_12_hour_sessions_plain_cookies_and_the_database_url() {
+        let settings = simulated_dev();
+        assert_eq!(settings.console.session_ttl, Duration::from_secs(43_200));
+        assert!(!settings.console.secure_cookie);
+        assert_eq!(
+            settings.console.listen_url.expose_secret(),
+            "postgres://localhost/x"
+        );
+
+        let settings = parse(&[
+            "--database-url",
+            "postgres://pooler/x",
+            "--database-direct-url",
+            "postgres://primary/x",
+            "--public-base-url",
+            "HTTPS://calls.example.com",
+            "--console-session-ttl-secs",
+            "600",
+            "--telephony",
+            "simulated",
+            "--insecure-dev",
+        ])
+        .expect("valid");
+        assert_eq!(settings.console.session_ttl, Duration::from_secs(600));
+        assert!(settings.console.secure_cookie, "https: Secure cookies");
+        assert_eq!(
+            settings.console.listen_url.expose_secret(),
+            "postgres://primary/x"
+        );
+        assert!(
+            crate::cli::Cli::try_parse_from([
+                "calls-server",
+                "--database-url",
+                "postgres://localhost/x",
+                "--console-session-ttl-secs",
+                "0",
+            ])
+            .is_err(),
+            "a session must last at least a second"
+        );
     }
 
     #[test]

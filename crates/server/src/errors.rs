@@ -164,6 +164,10 @@ impl ApiError {
     pub fn message(&self) -> &str {
         &self.message
     }
+
+    pub fn details(&self) -> &str {
+        &self.details
+    }
 }
 
 /// Prints an error and all its sources.

@@ -177,6 +177,7 @@ impl Application {
             repository,
             telephony,
             metrics,
+            console: crate::console::ConsoleState::new(&settings, pg.map(PgCallRepository::pool)),
             pool: pg.map(|pg| pg.pool().clone()),
             db_retries: pg.map(PgCallRepository::retries),
             limits: web::Data::new(Limits::new(settings.limits)),
@@ -256,6 +257,7 @@ fn run(listener: TcpListener, state: web::Data<AppState>) -> std::io::Result<Ser
             .wrap(middleware::from_fn(request_context))
             .wrap(middleware::ErrorHandlers::new().default_handler(envelope_framework_errors))
             .configure(routes::configure)
+            .configure(crate::console::configure)
             .default_service(web::to(routes::not_found))
     })
     .workers(workers)

@@ -40,6 +40,7 @@ pub struct AppState {
     pub db_retries: Option<RetryCounter>,
     /// Bounds on bodies, requests in flight and requests per call (`limits.rs`).
     pub limits: web::Data<Limits>,
+    pub console: crate::console::ConsoleState,
 }
 
 /// The state, for extractors (handlers take `web::Data<AppState>` directly).

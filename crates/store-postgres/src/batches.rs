@@ -1274,4 +1274,31 @@ impl BatchRepository for PgBatchRepository {
             })
             .await
     }
+
+    async fn attempt_of_call(
+        &self,
+        call_sid: &CallSid,
+    ) -> Result<Option<(BatchId, u32)>, RepositoryError> {
+        self.retry
+            .run("attempt_of_call", &self.retries, |_| async move {
+                let mut conn = self.conn().await?;
+                let found: Option<(uuid::Uuid, Option<i32>)> = calls::table
+                    .inner_join(
+                        batch_recipients::table
+                            .on(calls::recipient_id.eq(batch_recipients::id.nullable())),
+                    )
+                    .filter(calls::call_sid.eq(call_sid.as_str()))
+                    .select((batch_recipients::batch_id, calls::attempt))
+                    .first(&mut conn)
+                    .await
+                    .optional()?;
+                Ok(found.map(|(batch_id, attempt)| {
+                    (
+                        BatchId::from_uuid(batch_id),
+                        attempt.and_then(|a| u32::try_from(a).ok()).unwrap_or(1),
+                    )
+                }))
+            })
+            .await
+    }
 }

@@ -8,6 +8,7 @@
 
 mod backfill;
 mod batches;
+mod console;
 mod errors;
 mod listing;
 mod migrations;
@@ -22,6 +23,7 @@ pub mod testing;
 
 pub use backfill::{BackfillOptions, BackfillReport, backfill_call_sids};
 pub use batches::PgBatchRepository;
+pub use console::{CallChange, ChangeFeed, ChangeNotifier, PgConsoleSessions, channel_name};
 pub use errors::StoreError;
 pub use migrations::{
     MigrateCommand, MigrationReport, MigrationStatus, migrate, migration_names, migration_status,

@@ -305,8 +305,10 @@ mod tests {
                 "0009_calls_listing_indexes",
                 "0010_append_turn_function",
                 "0011_batches",
+                "0012_console",
                 "0013_append_turn_result",
                 "0014_reconcile_lease_and_checks",
+                "0015_append_without_scans",
             ]
         );
     }

@@ -89,6 +89,14 @@ diesel::table! {
 
 diesel::joinable!(batch_recipients -> batches (batch_id));
 
+diesel::table! {
+    console_sessions (id_hash) {
+        id_hash -> Bytea,
+        created_at -> Timestamptz,
+        expires_at -> Timestamptz,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(
     calls,
     call_transcriptions,

@@ -98,7 +98,8 @@ async fn the_final_schema_has_only_the_justified_indexes() {
     let indexes = db
         .strings(&format!(
             "SELECT indexname AS value FROM pg_indexes WHERE schemaname = '{}' \
-             AND tablename IN ('calls', 'call_transcriptions', 'batches', 'batch_recipients') \
+             AND tablename IN ('calls', 'call_transcriptions', 'batches', 'batch_recipients', \
+             'leases', 'call_reconcile_checks') \
              ORDER BY indexname",
             db.schema()
         ))
@@ -108,14 +109,17 @@ async fn the_final_schema_has_only_the_justified_indexes() {
         [
             "batch_recipients_pkey",
             "batches_pkey",
+            "call_reconcile_checks_pkey",
             "call_transcriptions_pkey",
             "calls_pkey",
             "idx_batch_recipients_due",
             "idx_batch_recipients_live",
             "idx_batches_created_id",
+            "idx_call_transcriptions_conversation_timestamp",
             "idx_calls_driver_start_id",
             "idx_calls_start_id",
             "idx_calls_status_start_id",
+            "leases_pkey",
             "uq_batch_recipients_batch_position",
             "uq_batch_recipients_first_call_sid",
             "uq_call_transcriptions_conversation_seq",

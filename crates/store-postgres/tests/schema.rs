@@ -26,6 +26,7 @@ fn tables() -> Vec<(&'static str, Vec<ColumnSpec>)> {
         described::<schema::leases::table>("leases"),
         described::<schema::batches::table>("batches"),
         described::<schema::batch_recipients::table>("batch_recipients"),
+        described::<schema::console_sessions::table>("console_sessions"),
     ]
 }
 

@@ -181,6 +181,13 @@ pub trait BatchRepository: Send + Sync + 'static {
         now: OffsetDateTime,
         release_claims_before: OffsetDateTime,
     ) -> Result<SweepOutcome, RepositoryError>;
+
+    /// The batch and the attempt number of the Call with this call_sid (the console's
+    /// call page); `None` for a Call that is no batch's attempt, or no Call.
+    async fn attempt_of_call(
+        &self,
+        call_sid: &CallSid,
+    ) -> Result<Option<(BatchId, u32)>, RepositoryError>;
 }
 
 /// Asked right before each attempt (the dispatcher system knows the driver's duty status).

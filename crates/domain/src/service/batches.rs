@@ -164,6 +164,14 @@ impl ReadBatches {
         Ok(self.batches.list_batches(query).await?)
     }
 
+    /// The batch and attempt of a Call (`None` when it is no batch's attempt).
+    pub async fn attempt_of(
+        &self,
+        call_sid: &CallSid,
+    ) -> Result<Option<(BatchId, u32)>, StoreFailure> {
+        Ok(self.batches.attempt_of_call(call_sid).await?)
+    }
+
     /// Recipients of all batches by state (for the metrics).
     pub async fn recipient_counts(&self) -> Result<StateCounts, StoreFailure> {
         Ok(self.batches.recipient_counts().await?)

@@ -113,6 +113,10 @@ async fn handle(
     let _pass = state.limits.enter_call(turn.call_sid.as_str()).await?;
 
     let outcome = state.record_turn.execute(&turn).await?;
+    if matches!(outcome, AppendOutcome::Created(_)) {
+        // Live console pages, on every instance (queued; sent after this commit).
+        state.console.turn_stored(turn.call_sid.as_str());
+    }
     let stored = outcome.stored();
     let (status, message) = match outcome {
         AppendOutcome::Created(_) => (

@@ -5,7 +5,7 @@ use std::time::Duration;
 use calls_domain::models::BatchDefaults;
 use calls_domain::{CallRepository, CallSid, ConversationId, NewCall};
 use calls_server::config::{BodyLimits, DEFAULT_BODY_READ_TIMEOUT};
-use calls_server::config::{Settings, SimulationSettings, TelephonySettings};
+use calls_server::config::{ConsoleSettings, Settings, SimulationSettings, TelephonySettings};
 use calls_server::startup::Application;
 use calls_server::state::AppState;
 use calls_store_postgres::testing::TestDatabase;
@@ -36,7 +36,6 @@ pub struct TestApp {
 pub fn settings_for(database: DbConfig, elevenlabs_uri: &str) -> Settings {
     Settings {
         bind_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-        database,
         telephony: TelephonySettings::ElevenLabs {
             base_url: elevenlabs_uri.to_owned(),
             api_key: "xi_test_key".into(),
@@ -63,6 +62,12 @@ pub fn settings_for(database: DbConfig, elevenlabs_uri: &str) -> Settings {
         dialer_poll: None,
         predial: None,
         limits: calls_server::limits::LimitSettings::default(),
+        console: ConsoleSettings {
+            session_ttl: Duration::from_secs(43_200),
+            secure_cookie: false,
+            listen_url: database.url.clone(),
+        },
+        database,
     }
 }
 

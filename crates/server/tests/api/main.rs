@@ -3,8 +3,12 @@
 
 mod batch_calls;
 mod batches;
+#[cfg(feature = "browser-tests")]
+mod browser;
 mod busy_database;
 mod calls;
+mod console;
+mod console_batches;
 mod health;
 mod helpers;
 mod hostile;

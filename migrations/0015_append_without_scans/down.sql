@@ -1,0 +1,54 @@
+-- Back to 0013's function body; then the index it no longer needs.
+CREATE OR REPLACE FUNCTION calls_store_turn(
+    p_call_sid text, p_speaker text, p_timestamp timestamptz, p_message text
+) RETURNS append_turn_result
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    v_conversation varchar;
+    v_status text;
+    v_id bigint;
+    v_seq int;
+BEGIN
+    -- Serializes appends per call, across connections and instances. FOR NO KEY UPDATE so
+    -- the FK checks of concurrent inserts (FOR KEY SHARE) do not wait on it.
+    SELECT conversation_id, status INTO v_conversation, v_status
+    FROM calls WHERE call_sid = p_call_sid
+    FOR NO KEY UPDATE;
+    IF NOT FOUND THEN
+        RETURN ROW('unknown_call', NULL, NULL)::append_turn_result;
+    END IF;
+    IF v_status = 'failed' THEN
+        RETURN ROW('failed', NULL, NULL)::append_turn_result;
+    END IF;
+    IF v_conversation IS NULL THEN
+        RETURN ROW(CASE v_status WHEN 'in_progress' THEN 'in_progress_without_conversation'
+                                 ELSE 'completed_without_conversation' END,
+                   NULL, NULL)::append_turn_result;
+    END IF;
+
+    -- The same turn stored before wins. Once the Call is completed its transcript was
+    -- reconciled with the provider's (own timestamps): same speaker and text suffice.
+    SELECT id, sequence_number INTO v_id, v_seq
+    FROM call_transcriptions
+    WHERE conversation_id = v_conversation AND speaker_type = p_speaker
+      AND message_text = p_message
+      AND (timestamp = p_timestamp OR v_status = 'completed')
+    ORDER BY sequence_number
+    LIMIT 1;
+    IF FOUND THEN
+        RETURN ROW('duplicate', v_id, v_seq)::append_turn_result;
+    END IF;
+
+    INSERT INTO call_transcriptions
+        (conversation_id, speaker_type, message_text, timestamp, sequence_number, created_at)
+    VALUES (
+        v_conversation, p_speaker, p_message, p_timestamp,
+        COALESCE((SELECT max(sequence_number) FROM call_transcriptions
+                  WHERE conversation_id = v_conversation), 0) + 1,
+        now())
+    RETURNING id, sequence_number INTO v_id, v_seq;
+    RETURN ROW('created', v_id, v_seq)::append_turn_result;
+END
+$$;
+
+DROP INDEX idx_call_transcriptions_conversation_timestamp;
