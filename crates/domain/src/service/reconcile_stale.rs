@@ -498,7 +498,7 @@ mod tests {
                 let wait = *next - OffsetDateTime::now_utc();
                 sid.as_str() == "EL_3_c"
                     && wait > time::Duration::minutes(5)
-                    && wait <= time::Duration::minutes(6)
+                    && wait <= time::Duration::minutes(6) + time::Duration::seconds(5)
             })
             .times(1)
             .returning(|_, _| Ok(()));

@@ -208,10 +208,34 @@ pub async fn place(
     let batch_id = created.batch_id;
     let limit = u32::try_from(created.drivers.len()).unwrap_or(u32::MAX);
     let claimed_at = OffsetDateTime::now_utc();
-    let claims = state
+    let mut claims = state
         .dialer
         .claim_batch(&batch_id, claimed_at, limit)
         .await?;
+    // A dialer's claim that locked a due driver and then gave it up (its transaction
+    // failed) makes ours skip that row: try again briefly, so a driver due now is dialed
+    // now. A driver a dialer did take is reported from its Call below.
+    let due_now = created
+        .drivers
+        .iter()
+        .filter(|r| {
+            r.state == RecipientState::Scheduled
+                && r.next_attempt_at.is_some_and(|at| at <= claimed_at)
+        })
+        .count();
+    for _ in 0..CLAIM_RETRIES {
+        if claims.len() >= due_now {
+            break;
+        }
+        tokio::time::sleep(CLAIM_RETRY_PAUSE).await;
+        let rest = u32::try_from(due_now - claims.len()).unwrap_or(u32::MAX);
+        claims.extend(
+            state
+                .dialer
+                .claim_batch(&batch_id, claimed_at, rest)
+                .await?,
+        );
+    }
     // Each dial runs in a task of its own, so a client that hangs up cannot cut a dial
     // short between its Call and its answer.
     let tasks: Vec<_> = claims
@@ -268,6 +292,10 @@ pub async fn place(
         BatchCallResponse::new(batch.timestamp(), batch_id.to_string(), results);
     Ok(HttpResponse::build(status).json(response))
 }
+
+/// Extra claims for drivers due now that a concurrent claim had locked (see `place`).
+const CLAIM_RETRIES: usize = 5;
+const CLAIM_RETRY_PAUSE: Duration = Duration::from_millis(20);
 
 /// How long the answer waits for a driver that was due now but claimed by a dialer (of any
 /// instance) between this request's create and its claim: about one outbound request.
