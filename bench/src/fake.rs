@@ -80,8 +80,12 @@ impl FakeElevenLabs {
     /// Most calls in flight at once among those that arrived since `since`: every call
     /// takes exactly the delay, so that is the most arrivals within one delay.
     pub fn peak_since(&self, since: Instant) -> usize {
-        let arrivals = self
-            .answer
+        peak(&self.arrivals_since(since), self.answer.delay)
+    }
+
+    /// When each outbound call that arrived since `since` arrived, in order.
+    pub fn arrivals_since(&self, since: Instant) -> Vec<Instant> {
+        self.answer
             .arrivals
             .lock()
             .map(|a| {
@@ -90,8 +94,7 @@ impl FakeElevenLabs {
                     .filter(|t| *t >= since)
                     .collect::<Vec<_>>()
             })
-            .unwrap_or_default();
-        peak(&arrivals, self.answer.delay)
+            .unwrap_or_default()
     }
 }
 

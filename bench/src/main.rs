@@ -10,8 +10,10 @@
 
 mod batch;
 mod cpu;
+mod dialer;
 mod drill;
 mod fake;
+mod live;
 mod load;
 mod pgbench;
 mod report;
@@ -78,6 +80,15 @@ pub struct Options {
     /// CALL_CONCURRENCY of the server (default: the server's own)
     #[arg(long)]
     call_concurrency: Option<u32>,
+    /// Drivers in the `POST /batches` batch the dialer places (also with --quick)
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    batch_drivers: u32,
+    /// Seconds from the dialer's first outbound call over which its rate is measured
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
+    dialer_seconds: u64,
+    /// Open SSE live pages (`/console/calls/{sid}/events`) during the second webhook row
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1800))]
+    live_pages: u32,
 }
 
 impl Options {
@@ -87,12 +98,23 @@ impl Options {
             self.seconds = 3;
             self.rate_seconds = 5;
             self.drivers = self.drivers.min(20);
+            self.dialer_seconds = self.dialer_seconds.min(3);
+            self.live_pages = self.live_pages.min(100);
         }
         self
     }
 
     fn duration(&self) -> Duration {
         Duration::from_secs(self.seconds)
+    }
+
+    fn dialer_window(&self) -> Duration {
+        Duration::from_secs(self.dialer_seconds)
+    }
+
+    /// Calls each round places for the webhook rows: spread, live pages', one, fixed rate.
+    fn calls_per_round(&self) -> u32 {
+        3 * self.calls + 1
     }
 }
 
@@ -149,11 +171,17 @@ async fn run(options: &Options, db: &Database, settings: &pgbench::Settings) -> 
     let outcome = rounds(options, &pgbench, &server, &fake, meter).await;
     let peak_rss = server.peak_rss_kib();
     server.stop().await;
-    let (table, mut problems) = outcome?;
+    let (mut table, mut problems) = outcome?;
 
     let placed = fake.placed();
     let expected = u64::from(options.rounds)
-        * (u64::from(2 * options.calls + 1) + 1 + u64::from(options.drivers));
+        * (u64::from(options.calls_per_round()) + 1 + u64::from(options.drivers));
+    // Fresh servers for POST /batches and the dialer: the peak RSS is theirs alone.
+    for instances in [1, 2] {
+        let first = dialer::FIRST_DRIVER + (instances - 1) * options.batch_drivers;
+        eprintln!("bench: POST /batches and the dialer, {instances} instance(s)");
+        table.add_dialing(dialer::measure(options, db.schema(), instances, first).await?);
+    }
     if placed != expected {
         problems.push(format!(
             "the fake ElevenLabs got {placed} outbound-call requests, expected {expected}"
@@ -193,6 +221,14 @@ async fn run(options: &Options, db: &Database, settings: &pgbench::Settings) -> 
         format!(
             "batch placement: fake ElevenLabs (wiremock) answering after {} ms; {placed} outbound calls (expected {expected})",
             options.delay_ms
+        ),
+        format!(
+            "POST /batches and the dialer: fresh servers with DIALER_POLL_MS {}, the batch's \
+             window \"any\" and no re-dial, a fake ElevenLabs of their own answering after {} ms; \
+             rate = outbound calls within {} s of the first one; the batch is cancelled after",
+            dialer::DIALER_POLL_MS,
+            options.delay_ms,
+            options.dialer_seconds
         ),
     ];
     table.print(&notes);
@@ -259,7 +295,8 @@ async fn rounds(
         problems: Vec::new(),
     };
     let (clients, duration) = (options.clients, options.duration());
-    let per_round = 2 * options.calls + 1;
+    let per_round = options.calls_per_round();
+    run.table.live_pages = options.live_pages;
     for round in 1..=options.rounds {
         eprintln!("bench: round {round} of {}", options.rounds);
         // The calls of this round's turns: spread, one, and the fixed-rate run's.
@@ -273,6 +310,7 @@ async fn rounds(
             .await
             .context("placing the calls the webhook turns go to")?;
         let (spread, rest) = batch.call_sids.split_at(options.calls as usize);
+        let (watched, rest) = rest.split_at(options.calls as usize);
         let (one, fixed) = rest.split_at(1);
 
         let pgbench_run = |script| pgbench.measure(script, round, clients, duration);
@@ -280,6 +318,17 @@ async fn rounds(
         run.pgbench(report::APPEND, pgbench_run(Script::Append).await?);
         run.http(report::WEBHOOK, Workload::webhook(spread, round), None)
             .await;
+        // The same load on calls of its own, each watched by live pages.
+        let pages = live::LivePages::open(server.base_url(), watched, options.live_pages).await?;
+        run.http(
+            report::WEBHOOK_LIVE,
+            Workload::webhook(watched, round),
+            None,
+        )
+        .await;
+        let (turn_events, problem) = pages.close().await;
+        run.problems.extend(problem);
+        run.table.live_turn_events += turn_events;
         run.pgbench(
             report::APPEND_ONE,
             pgbench_run(Script::AppendOneCall).await?,

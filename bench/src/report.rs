@@ -7,6 +7,7 @@ use hdrhistogram::Histogram;
 
 use crate::batch::Placement;
 use crate::cpu::PerOp;
+use crate::dialer::Dialing;
 
 /// Latencies in µs in an HDR histogram (3 significant digits): constant memory however
 /// long the run, exact nearest-rank percentiles to that precision.
@@ -63,16 +64,18 @@ impl Latencies {
 pub const FLOOR: &str = "pgbench: one-row INSERT per transaction (prepared), spread (the floor)";
 pub const APPEND: &str = "pgbench: the service's append transaction, spread";
 pub const WEBHOOK: &str = "webhook over HTTP, closed loop, spread";
+pub const WEBHOOK_LIVE: &str = "webhook with N open live pages (SSE), closed loop, spread";
 pub const APPEND_ONE: &str = "pgbench: the append transaction, all on one call";
 pub const WEBHOOK_ONE: &str = "webhook over HTTP, closed loop, all on one call";
 pub const FIXED_RATE: &str = "webhook over HTTP, fixed rate (open loop), spread";
 pub const HEALTHZ: &str = "GET /healthz, closed loop (the HTTP ceiling)";
 
 /// The rows in the order they are printed.
-const ROWS: [&str; 7] = [
+const ROWS: [&str; 8] = [
     FLOOR,
     APPEND,
     WEBHOOK,
+    WEBHOOK_LIVE,
     APPEND_ONE,
     WEBHOOK_ONE,
     FIXED_RATE,
@@ -95,6 +98,10 @@ pub struct Measure {
 pub struct Table {
     rows: Vec<(&'static str, Vec<Measure>)>,
     placements: Vec<Placement>,
+    dialings: Vec<Dialing>,
+    /// N of the live-pages row, and the `turn` events those pages received in all.
+    pub live_pages: u32,
+    pub live_turn_events: u64,
 }
 
 /// The median of some values (the mean of the middle two for an even count).
@@ -148,6 +155,10 @@ impl Table {
         self.placements.push(placement);
     }
 
+    pub fn add_dialing(&mut self, dialing: Dialing) {
+        self.dialings.push(dialing);
+    }
+
     /// The median of each figure of `row` over the rounds.
     fn median_of(&self, row: &str) -> Option<Measure> {
         let measures = &self.rows.iter().find(|(name, _)| *name == row)?.1;
@@ -186,6 +197,12 @@ impl Table {
                 "{} × floor (target ≥ 0.5); {} × pgbench append",
                 r(FLOOR),
                 r(APPEND)
+            ),
+            WEBHOOK_LIVE => format!(
+                "N = {}: {} × webhook spread without them; {} turn events reached the pages",
+                self.live_pages,
+                r(WEBHOOK),
+                self.live_turn_events
             ),
             APPEND_ONE => format!("{} × pgbench append spread", r(APPEND)),
             WEBHOOK_ONE => format!(
@@ -235,10 +252,49 @@ impl Table {
         if let Some(line) = self.placement_row() {
             println!("{line}");
         }
+        for line in self.dialing_rows() {
+            println!("{line}");
+        }
         println!();
         for note in notes {
             println!("- {note}");
         }
+    }
+
+    /// `POST /batches` (time to the 202, peak RSS) and the dialer's rate against the ideal.
+    fn dialing_rows(&self) -> Vec<String> {
+        let met = |ok: bool| if ok { "met" } else { "not met" };
+        let mut rows = Vec::new();
+        for d in &self.dialings {
+            let instances = match d.instances {
+                1 => "1 instance".to_string(),
+                n => format!("{n} instances"),
+            };
+            let secs = d.accepted.as_secs_f64();
+            let rss = d.peak_rss_mib;
+            rows.push(format!(
+                "| POST /batches: {} drivers answered 202 ({instances} running) | – | {:.0} | – | – | – | {} | 0 | {secs:.2} s (target < 2 s, {}); peak RSS target < 64 MiB, {} |",
+                d.drivers,
+                secs * 1000.0,
+                fmt(rss, 1),
+                met(secs < 2.0),
+                rss.map_or("unknown", |r| met(r < 64.0))
+            ));
+            let ratio = d.rate() / (d.ideal() / f64::from(d.instances));
+            let target = 0.8 * f64::from(d.instances);
+            rows.push(format!(
+                "| dialer: {instances}, CALL_CONCURRENCY {}, fake ElevenLabs answering after {} ms, first {} s | {:.1} calls | – | – | – | – | {} | 0 | {ratio:.2} × the ideal rate per instance {:.0}/s (target ≥ {target:.1}, {}); {} calls |",
+                d.concurrency,
+                d.delay.as_millis(),
+                d.window.as_secs(),
+                d.rate(),
+                fmt(rss, 1),
+                d.ideal() / f64::from(d.instances),
+                met(ratio >= target),
+                d.placed
+            ));
+        }
+        rows
     }
 
     /// Batch placement: the large batch against the 1-driver baseline of the same round.

@@ -58,7 +58,7 @@ impl Server {
         if let Some(n) = options.call_concurrency {
             env.push(("CALL_CONCURRENCY", n.to_string()));
         }
-        let largest = options.drivers.max(2 * options.calls + 1);
+        let largest = options.drivers.max(options.calls_per_round());
         let body = Batch::new(1, largest).body.to_string().len();
         if body > SERVER_DEFAULT_MAX_BODY {
             env.push(("MAX_BODY_BYTES", (body * 2).to_string()));
