@@ -90,12 +90,12 @@ pub async fn measure(
     for server in &mut servers {
         server.stop().await;
     }
-    let (accepted, placed) = result?;
+    let (accepted, peak_rss_mib, placed) = result?;
     Ok(Dialing {
         instances,
         drivers: options.batch_drivers,
-        accepted: accepted.0,
-        peak_rss_mib: accepted.1,
+        accepted,
+        peak_rss_mib,
         placed,
         window: options.dialer_window(),
         concurrency: options
@@ -105,14 +105,15 @@ pub async fn measure(
     })
 }
 
-/// Post the batch, count the placements in the window, cancel the batch.
+/// Post the batch, count the placements in the window, cancel the batch: the time to the
+/// 202, the instances' peak RSS in MiB, the placements.
 async fn dial(
     options: &Options,
     servers: &[Server],
     fake: &FakeElevenLabs,
     body: Vec<u8>,
     delay: Duration,
-) -> Result<((Duration, Option<f64>), usize)> {
+) -> Result<(Duration, Option<f64>, usize)> {
     let Some(first) = servers.first() else {
         bail!("no server to post the batch to");
     };
@@ -173,7 +174,7 @@ async fn dial(
     if let Err(e) = cancel {
         bail!("cancelling the dialer's batch: {e}");
     }
-    Ok(((accepted, peak_rss), placed))
+    Ok((accepted, peak_rss, placed))
 }
 
 #[cfg(test)]

@@ -274,7 +274,7 @@ impl Table {
             let rss = d.peak_rss_mib;
             rows.push(format!(
                 "| POST /batches: {} drivers answered 202 ({instances} running) | – | {:.0} | – | – | – | {} | 0 | {secs:.2} s (target < 2 s, {}); peak RSS target < 64 MiB, {} |",
-                d.drivers,
+                thousands(f64::from(d.drivers)),
                 secs * 1000.0,
                 fmt(rss, 1),
                 met(secs < 2.0),

@@ -14,6 +14,8 @@ use crate::load::WEBHOOK_SECRET;
 
 /// The server's default body limit; a larger batch body needs MAX_BODY_BYTES raised.
 const SERVER_DEFAULT_MAX_BODY: usize = 65_536;
+/// The server's default MAX_IN_FLIGHT_REQUESTS.
+const SERVER_DEFAULT_MAX_IN_FLIGHT: u32 = 512;
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(60);
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -63,6 +65,10 @@ impl Server {
         if body > SERVER_DEFAULT_MAX_BODY {
             env.push(("MAX_BODY_BYTES", (body * 2).to_string()));
         }
+        // An open live page holds an in-flight request for as long as it is open; past the
+        // default 512 the pages would take the webhook's room (and get 503 themselves).
+        let in_flight = SERVER_DEFAULT_MAX_IN_FLIGHT + options.live_pages;
+        env.push(("MAX_IN_FLIGHT_REQUESTS", in_flight.to_string()));
         let launch = Launch {
             bin: options.server_bin.clone(),
             database_url: options.database_url.clone(),
