@@ -156,8 +156,10 @@ async fn a_slow_answer_fails_closed_at_the_timeout() {
     let answer = check(&server, None, Duration::from_millis(200))
         .check(&request())
         .await;
+    // Far below the answer's 20 s: cut by the timeout, not served late (a loaded machine
+    // may take a while to build the client).
     assert!(
-        started.elapsed() < Duration::from_secs(2),
+        started.elapsed() < Duration::from_secs(10),
         "cut at the timeout"
     );
     let detail = failed_detail(answer);

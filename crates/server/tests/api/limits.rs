@@ -200,7 +200,7 @@ async fn past_max_in_flight_requests_new_ones_get_503_and_probes_still_answer() 
         let started = Instant::now();
         assert_eq!(app.get(probe).await.status().as_u16(), 200, "{probe}");
         assert!(
-            started.elapsed() < Duration::from_millis(500),
+            started.elapsed() < Duration::from_millis(1500),
             "{probe} answers at once"
         );
     }
