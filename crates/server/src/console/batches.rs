@@ -262,7 +262,7 @@ pub async fn list(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ConsoleError> {
-    let read = state.console.read_batches()?;
+    let read = &state.read_batches;
     let pairs: Vec<(String, String)> =
         serde_urlencoded::from_str(req.query_string()).unwrap_or_default();
     let cursor = pairs
@@ -329,7 +329,7 @@ pub async fn show(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ConsoleError> {
-    let read = state.console.read_batches()?;
+    let read = &state.read_batches;
     let raw = path.into_inner();
     let batch_id = BatchId::parse(&raw).map_err(|_| unknown_batch(&raw))?;
     let view = read
@@ -357,7 +357,7 @@ pub async fn cancel(
     if !session.accepts_form_token(form_token_of(&body).as_deref()) {
         return Err(ConsoleError::BadFormToken);
     }
-    let cancel = state.console.cancel_batch()?;
+    let cancel = &state.cancel_batch;
     let raw = path.into_inner();
     let batch_id = BatchId::parse(&raw).map_err(|_| unknown_batch(&raw))?;
     cancel

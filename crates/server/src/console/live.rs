@@ -184,8 +184,7 @@ pub async fn events(
         return Err(not_found());
     }
     let batch = state
-        .console
-        .read_batches()?
+        .read_batches
         .attempt_of(&call_sid)
         .await?
         .map(|(batch_id, attempt)| BatchLink::new(&batch_id, attempt));

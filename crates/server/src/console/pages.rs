@@ -294,8 +294,7 @@ pub async fn call(
     let live = !call.status.is_terminal();
     let mut detail = CallDetail::from_call(&call);
     detail.batch = state
-        .console
-        .read_batches()?
+        .read_batches
         .attempt_of(&call_sid)
         .await?
         .map(|(batch_id, attempt)| BatchLink::new(&batch_id, attempt));

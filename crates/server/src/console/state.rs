@@ -3,10 +3,9 @@
 
 use std::sync::Arc;
 
-use calls_domain::ports::{BatchRepository, ConsoleSessions};
-use calls_domain::service::{CancelBatch, ReadBatches};
+use calls_domain::ports::ConsoleSessions;
 use calls_store_postgres::{
-    CallChange, ChangeFeed, ChangeNotifier, PgBatchRepository, PgConsoleSessions, RetryPolicy,
+    CallChange, ChangeFeed, ChangeNotifier, PgConsoleSessions, RetryPolicy,
 };
 use tokio::sync::{broadcast, watch};
 
@@ -23,8 +22,6 @@ pub struct ConsoleState {
     /// pages do not hold the graceful shutdown for its whole timeout (they reconnect, to
     /// another instance, and catch up).
     closing: watch::Sender<bool>,
-    read_batches: Option<ReadBatches>,
-    cancel_batch: Option<CancelBatch>,
     pub limiter: LoginLimiter,
 }
 
@@ -56,8 +53,6 @@ impl ConsoleState {
                     settings.database.schema.clone(),
                 )
             }),
-            read_batches: batches(pool).map(ReadBatches::new),
-            cancel_batch: batches(pool).map(CancelBatch::new),
             limiter: LoginLimiter::new(LoginLimits::default()),
         }
     }
@@ -83,28 +78,12 @@ impl ConsoleState {
         self.closing.subscribe()
     }
 
-    pub(super) fn read_batches(&self) -> Result<&ReadBatches, ConsoleError> {
-        self.read_batches.as_ref().ok_or(ConsoleError::Unavailable)
-    }
-
-    pub(super) fn cancel_batch(&self) -> Result<&CancelBatch, ConsoleError> {
-        self.cancel_batch.as_ref().ok_or(ConsoleError::Unavailable)
-    }
-
     pub(super) fn subscribe(&self) -> Result<broadcast::Receiver<CallChange>, ConsoleError> {
         self.feed
             .as_ref()
             .map(ChangeFeed::subscribe)
             .ok_or(ConsoleError::Unavailable)
     }
-}
-
-/// The batch use cases on the service's pool.
-fn batches(pool: Option<&calls_store_postgres::DbPool>) -> Option<Arc<dyn BatchRepository>> {
-    pool.map(|pool| {
-        Arc::new(PgBatchRepository::new(pool.clone(), RetryPolicy::default()))
-            as Arc<dyn BatchRepository>
-    })
 }
 
 /// SIGTERM or SIGINT, the signals on which the HTTP server shuts down gracefully.
