@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::errors::ApiError;
-use crate::routes::calls::listing::parse_limit;
+use crate::routes::calls::listing::{bad_cursor, parse_limit};
 
 /// Unknown names are refused, as on `GET /calls`.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
@@ -35,13 +35,6 @@ struct Cursor {
     t: OffsetDateTime,
     id: String,
     limit: u16,
-}
-
-fn bad_cursor() -> ApiError {
-    ApiError::bad_request(
-        "Invalid query parameter: cursor",
-        "cursor is not a next_cursor this service issued; pass next_cursor unchanged, or omit cursor for the first page",
-    )
 }
 
 /// # Errors

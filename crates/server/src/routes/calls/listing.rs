@@ -226,7 +226,7 @@ fn parse_instant(name: &str, raw: &str) -> Result<OffsetDateTime, ApiError> {
     })
 }
 
-fn bad_cursor() -> ApiError {
+pub(crate) fn bad_cursor() -> ApiError {
     invalid(
         "cursor",
         "cursor is not a next_cursor this service issued; pass next_cursor unchanged, or omit cursor for the first page",
